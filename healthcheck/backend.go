@@ -1,0 +1,132 @@
+package healthcheck
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Backend is one upstream of a Pool. Its state changes only through the
+// pool (Pool.observe); the hot path reads the atomics without locking.
+type Backend struct {
+	Addr  string
+	Index int
+
+	pool *Pool
+
+	// inService mirrors state.InService() for lock-free reads.
+	inService atomic.Bool
+	// gen counts admissions: a request that failed on a backend may try it
+	// again only after the backend has been ejected and readmitted.
+	gen atomic.Uint64
+	// beats counts heartbeats sent.
+	beats atomic.Uint64
+
+	// guarded by pool.mu
+	state  State
+	reason Reason
+	since  time.Time
+	fails  int // consecutive bad beats
+	passes int // consecutive good beats
+	// guarded is set while the panic guard keeps b in service.
+	guarded bool
+
+	// kick wakes the prober for a beat at once.
+	kick chan struct{}
+
+	flightMu sync.Mutex
+	flights  []*Flight
+}
+
+// InService reports whether requests may be sent to b now.
+func (b *Backend) InService() bool { return b.inService.Load() }
+
+// Gen is the number of times b has been admitted to service.
+func (b *Backend) Gen() uint64 { return b.gen.Load() }
+
+// State returns b's state, why it is there, and since when.
+func (b *Backend) State() (State, Reason, time.Time) {
+	b.pool.mu.Lock()
+	defer b.pool.mu.Unlock()
+	return b.state, b.reason, b.since
+}
+
+// Report feeds evidence from live traffic into the state machine. Evidence
+// that does not prove the process gone also asks for a heartbeat at once,
+// so that a false alarm is cleared within one beat.
+func (b *Backend) Report(e Evidence, cause error) {
+	b.pool.observe(b, e, cause)
+	if e != Gone {
+		b.Probe()
+	}
+}
+
+// Probe asks for a heartbeat now instead of at the next interval.
+func (b *Backend) Probe() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Flight is a request in flight on a backend that may be replayed. It is
+// registered so that an ejection for a hang can cancel it at once instead
+// of leaving its client to sit out a response timeout.
+type Flight struct {
+	Cancel  context.CancelCauseFunc
+	slot    int
+	rescued bool
+}
+
+// Begin registers f as in flight on b.
+func (b *Backend) Begin(f *Flight) {
+	b.flightMu.Lock()
+	f.slot = len(b.flights)
+	f.rescued = false
+	b.flights = append(b.flights, f)
+	b.flightMu.Unlock()
+}
+
+// End removes f from b's flights. It reports whether f was rescued (its
+// Cancel called with ErrRescued) before it ended: then whatever the attempt
+// got must be thrown away and the request replayed. After End returns, f is
+// never touched again, so it may be reused.
+func (b *Backend) End(f *Flight) (rescued bool) {
+	b.flightMu.Lock()
+	defer b.flightMu.Unlock()
+	if f.rescued {
+		return true
+	}
+	last := len(b.flights) - 1
+	moved := b.flights[last]
+	b.flights[f.slot] = moved
+	moved.slot = f.slot
+	b.flights[last] = nil
+	b.flights = b.flights[:last]
+	return false
+}
+
+// InFlight is the number of registered flights.
+func (b *Backend) InFlight() int {
+	b.flightMu.Lock()
+	defer b.flightMu.Unlock()
+	return len(b.flights)
+}
+
+// rescue cancels every registered flight with ErrRescued. The cancel funcs
+// are taken under the lock, so a flight that ended first is never touched.
+func (b *Backend) rescue() int {
+	b.flightMu.Lock()
+	cancels := make([]context.CancelCauseFunc, len(b.flights))
+	for i, f := range b.flights {
+		cancels[i] = f.Cancel
+		f.rescued = true
+	}
+	b.flights = nil
+	b.flightMu.Unlock()
+	for _, cancel := range cancels {
+		cancel(ErrRescued)
+	}
+	return len(cancels)
+}

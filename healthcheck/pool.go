@@ -1,0 +1,277 @@
+package healthcheck
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Pool is a set of backends probed with one Config. All state transitions
+// of all its backends happen under one mutex, in observe: transitions are
+// rare, and one lock makes the panic guard exact.
+type Pool struct {
+	id       uint64
+	cfg      Config
+	backends []*Backend
+	log      *zap.Logger
+
+	mu        sync.Mutex
+	inService int
+	ready     chan struct{} // closed and replaced whenever a backend enters service
+	subs      []*Subscription
+
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	started bool
+	closed  bool
+}
+
+// NewPool makes a pool of backends at addrs (host:port). Nothing runs until
+// Start.
+func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	p := &Pool{
+		id:    poolIDs.Add(1),
+		cfg:   cfg.WithDefaults(),
+		log:   log,
+		ready: make(chan struct{}),
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	now := time.Now()
+	for i, a := range addrs {
+		p.backends = append(p.backends, &Backend{
+			Addr: a, Index: i, pool: p, since: now,
+			kick: make(chan struct{}, 1),
+		})
+	}
+	return p
+}
+
+var poolIDs atomic.Uint64
+
+// ID is unique per pool in this process.
+func (p *Pool) ID() uint64 { return p.id }
+
+// Config is the pool's configuration with defaults applied.
+func (p *Pool) Config() Config { return p.cfg }
+
+// Backends returns the pool's backends, in the order given to NewPool.
+func (p *Pool) Backends() []*Backend { return p.backends }
+
+// Start launches one prober per backend; each beats at once.
+func (p *Pool) Start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started || p.closed {
+		return
+	}
+	p.started = true
+	for _, b := range p.backends {
+		pr := newProber(p, b)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			pr.run()
+		}()
+	}
+}
+
+// Close stops the probers and subscriptions and waits for them to end.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	p.cancel()
+	subs := p.subs
+	p.subs = nil
+	p.mu.Unlock()
+	p.wg.Wait()
+	for _, s := range subs {
+		s.Close()
+	}
+}
+
+// Ready returns a channel that is closed the next time any backend enters
+// service. Take it before looking for a backend, then wait on it: a
+// readmission in between closes the channel you hold, so no wake-up is lost.
+func (p *Pool) Ready() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ready
+}
+
+// InService counts the backends in service now.
+func (p *Pool) InService() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.inService
+}
+
+// Snapshot is a backend's state at one moment.
+type Snapshot struct {
+	Addr     string    `json:"address"`
+	State    State     `json:"state"`
+	Reason   Reason    `json:"reason,omitempty"`
+	Since    time.Time `json:"since"`
+	Beats    uint64    `json:"beats"`
+	InFlight int       `json:"in_flight"`
+}
+
+// Snapshot returns every backend's state, in pool order.
+func (p *Pool) Snapshot() []Snapshot {
+	out := make([]Snapshot, len(p.backends))
+	p.mu.Lock()
+	for i, b := range p.backends {
+		out[i] = Snapshot{Addr: b.Addr, State: b.state, Reason: b.reason, Since: b.since}
+	}
+	p.mu.Unlock()
+	for i, b := range p.backends {
+		out[i].Beats = b.beats.Load()
+		out[i].InFlight = b.InFlight()
+	}
+	return out
+}
+
+// observe is the state machine: it applies one piece of evidence about b.
+func (p *Pool) observe(b *Backend, e Evidence, cause error) {
+	p.mu.Lock()
+	var rescue bool
+	switch e {
+	case Pass:
+		b.fails = 0
+		b.passes++
+		b.guarded = false
+		need := p.cfg.Passes
+		if b.state == Unknown {
+			need = 1 // a backend that has never failed needs no proof of recovery
+		}
+		if !b.state.InService() && b.passes >= need {
+			p.admit(b)
+		}
+	case Miss, WrongStatus, Timeout:
+		b.passes = 0
+		b.fails++
+		reason := Hang
+		if e == WrongStatus {
+			reason = BadStatus
+		}
+		switch {
+		case b.state == Unknown && b.fails >= p.cfg.Fails:
+			p.eject(b, reason, cause)
+		case b.state.InService() && (b.fails >= p.cfg.Fails || e == Timeout):
+			rescue = p.ejectGuarded(b, reason, cause)
+		}
+	case Gone:
+		b.passes = 0
+		b.fails++
+		if b.state == Unknown || b.state.InService() {
+			p.eject(b, Crash, cause)
+		}
+	}
+	p.mu.Unlock()
+	if rescue {
+		if n := b.rescue(); n > 0 {
+			p.log.Info("replaying requests in flight on a hung backend",
+				zap.String("backend", b.Addr), zap.Int("requests", n))
+		}
+	}
+}
+
+// admit is the transition into service (unknown|ejected|restarting → healthy).
+func (p *Pool) admit(b *Backend) {
+	b.gen.Add(1)
+	p.set(b, Healthy, ReasonNone, nil)
+	close(p.ready)
+	p.ready = make(chan struct{})
+}
+
+// eject is the transition out of service, whatever the evidence.
+func (p *Pool) eject(b *Backend, r Reason, cause error) {
+	p.set(b, Ejected, r, cause)
+}
+
+// ejectGuarded ejects b on evidence that does not prove its process gone,
+// unless b is the last backend in service: heartbeat misses alone must never
+// take the whole pool out (a wrong health path or a slow network would then
+// be a total outage). It reports whether b was ejected for a hang.
+func (p *Pool) ejectGuarded(b *Backend, r Reason, cause error) bool {
+	if p.inService <= 1 {
+		if !b.guarded {
+			b.guarded = true
+			p.log.Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
+				zap.String("backend", b.Addr), zap.Stringer("reason", r), zap.Error(cause))
+		}
+		return false
+	}
+	p.eject(b, r, cause)
+	return r == Hang
+}
+
+// set records a transition and publishes it. Callers hold p.mu.
+func (p *Pool) set(b *Backend, to State, r Reason, cause error) {
+	from := b.state
+	if from == to && b.reason == r {
+		return
+	}
+	now := time.Now()
+	b.state, b.reason, b.since = to, r, now
+	if from.InService() != to.InService() {
+		b.inService.Store(to.InService())
+		if to.InService() {
+			p.inService++
+		} else {
+			p.inService--
+		}
+	}
+	t := Transition{Backend: b.Addr, Index: b.Index, From: from, To: to, Reason: r, At: now}
+	if cause != nil {
+		t.Cause = cause.Error()
+	}
+	for _, s := range p.subs {
+		s.push(t)
+	}
+	if to == Ejected {
+		p.log.Warn("backend ejected", zap.String("backend", b.Addr),
+			zap.Stringer("reason", r), zap.String("cause", t.Cause))
+	} else {
+		p.log.Info("backend state", zap.String("backend", b.Addr),
+			zap.Stringer("from", from), zap.Stringer("to", to))
+	}
+}
+
+// Subscribe returns a subscription that receives every transition from now
+// on, in order, without ever blocking the engine.
+func (p *Pool) Subscribe() *Subscription {
+	s := newSubscription()
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		s.Close()
+		return s
+	}
+	p.subs = append(p.subs, s)
+	p.mu.Unlock()
+	return s
+}
+
+// Unsubscribe stops s and removes it from the pool.
+func (p *Pool) Unsubscribe(s *Subscription) {
+	p.mu.Lock()
+	for i, x := range p.subs {
+		if x == s {
+			p.subs = append(p.subs[:i], p.subs[i+1:]...)
+			break
+		}
+	}
+	p.mu.Unlock()
+	s.Close()
+}

@@ -1,0 +1,246 @@
+package healthcheck
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"syscall"
+	"time"
+)
+
+// maxProbeBody bounds how much of a heartbeat answer is read; a longer one
+// is judged by its status and its connection dropped.
+const maxProbeBody = 64 << 10
+
+// prober sends one backend its heartbeats, one at a time, over one held
+// keep-alive connection. Between beats a reader blocks on that connection,
+// so a crash (the kernel closes the socket) is seen at once, not at the
+// next beat: that is the crash watch.
+type prober struct {
+	p     *Pool
+	b     *Backend
+	cfg   Config
+	req   []byte // the heartbeat request, built once
+	dial  net.Dialer
+	timer *time.Timer
+	w     *watch
+}
+
+func newProber(p *Pool, b *Backend) *prober {
+	host := p.cfg.Host
+	if host == "" {
+		host = b.Addr
+	}
+	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: caddy-failover-heartbeat\r\nAccept: */*\r\n\r\n", p.cfg.Path, host)
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &prober{p: p, b: b, cfg: p.cfg, req: []byte(req), timer: t}
+}
+
+func (pr *prober) run() {
+	defer pr.drop()
+	misses := 0
+	for {
+		e, cause := pr.beat()
+		if pr.p.ctx.Err() != nil {
+			return
+		}
+		pr.p.observe(pr.b, e, cause)
+		var wait time.Duration
+		switch {
+		case e == Pass:
+			misses = 0
+			wait = pr.jitter(pr.cfg.Interval)
+		case e == Gone:
+			misses = 0
+			// a refused connect costs next to nothing: look for the
+			// restarted process more often than for a live one
+			wait = pr.jitter(pr.cfg.Interval / 5)
+		default:
+			misses++
+			if misses > 1 {
+				wait = pr.jitter(pr.cfg.Interval)
+			} // after a first miss, beat again at once
+		}
+		if !pr.sleep(wait) {
+			return
+		}
+	}
+}
+
+// jitter spreads beats by ±10% so that many backends do not beat in lockstep.
+func (pr *prober) jitter(d time.Duration) time.Duration {
+	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
+}
+
+// sleep waits d, or less when the connection closes (crash watch) or a beat
+// is asked for. It returns false when the pool stops.
+func (pr *prober) sleep(d time.Duration) bool {
+	if d <= 0 {
+		return pr.p.ctx.Err() == nil
+	}
+	var closed <-chan readResult
+	if pr.w != nil {
+		closed = pr.w.results
+	}
+	pr.timer.Reset(d)
+	defer pr.timer.Stop()
+	select {
+	case <-pr.p.ctx.Done():
+		return false
+	case <-pr.b.kick:
+	case <-pr.timer.C:
+	case <-closed:
+		// the backend closed the idle connection (or said something
+		// unasked): beat at once on a new connection to learn why
+		pr.drop()
+	}
+	return true
+}
+
+// beat sends one heartbeat and judges it.
+func (pr *prober) beat() (Evidence, error) {
+	pr.b.beats.Add(1)
+	deadline := time.Now().Add(pr.cfg.Timeout)
+	fresh := pr.w == nil
+	if fresh {
+		if err := pr.connect(deadline); err != nil {
+			return connEvidence(err), err
+		}
+	}
+	e, err, stale := pr.exchange(deadline)
+	if stale && !fresh {
+		// the held connection died under us; that alone proves nothing
+		// (the backend may close idle connections): ask on a new one
+		if err := pr.connect(deadline); err != nil {
+			return connEvidence(err), err
+		}
+		e, err, _ = pr.exchange(deadline)
+	}
+	return e, err
+}
+
+// exchange writes the heartbeat on the held connection and waits for its
+// answer. stale reports that the connection failed before any answer.
+func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale bool) {
+	w := pr.w
+	_ = w.conn.SetWriteDeadline(deadline)
+	if _, err := w.conn.Write(pr.req); err != nil {
+		pr.drop()
+		return connEvidence(err), err, true
+	}
+	pr.timer.Reset(time.Until(deadline))
+	defer pr.timer.Stop()
+	select {
+	case <-pr.p.ctx.Done():
+		return Miss, pr.p.ctx.Err(), false
+	case <-pr.timer.C:
+		pr.drop()
+		return Miss, fmt.Errorf("heartbeat timed out after %v", pr.cfg.Timeout), false
+	case r := <-w.results:
+		if r.err != nil {
+			pr.drop()
+			return connEvidence(r.err), r.err, true
+		}
+		if r.close {
+			pr.drop()
+		}
+		if !pr.cfg.statusOK(r.status) {
+			return WrongStatus, fmt.Errorf("heartbeat %s answered %d", pr.cfg.Path, r.status), false
+		}
+		return Pass, nil, false
+	}
+}
+
+func (pr *prober) connect(deadline time.Time) error {
+	ctx, cancel := context.WithDeadline(pr.p.ctx, deadline)
+	defer cancel()
+	conn, err := pr.dial.DialContext(ctx, "tcp", pr.b.Addr)
+	if err != nil {
+		return err
+	}
+	if pr.cfg.TLS != nil {
+		tc := tls.Client(conn, pr.cfg.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return err
+		}
+		conn = tc
+	}
+	pr.w = startWatch(conn)
+	return nil
+}
+
+func (pr *prober) drop() {
+	if pr.w != nil {
+		pr.w.close()
+		pr.w = nil
+	}
+}
+
+// connEvidence judges a connection failure: refused or reset proves the
+// process is not there; anything else (a timeout, an unreachable host) may
+// be a hang or the network.
+func connEvidence(err error) Evidence {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+		return Gone
+	}
+	return Miss
+}
+
+// watch is a held heartbeat connection with a reader that is always
+// blocked on it, delivering answers, or the error that ended it.
+type watch struct {
+	conn    net.Conn
+	results chan readResult
+	done    chan struct{}
+}
+
+type readResult struct {
+	status int
+	close  bool
+	err    error
+}
+
+func startWatch(conn net.Conn) *watch {
+	w := &watch{conn: conn, results: make(chan readResult, 1), done: make(chan struct{})}
+	go w.read()
+	return w
+}
+
+func (w *watch) read() {
+	br := bufio.NewReaderSize(w.conn, 4096)
+	for {
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			w.send(readResult{err: err})
+			return
+		}
+		n, err := io.Copy(io.Discard, io.LimitReader(res.Body, maxProbeBody+1))
+		res.Body.Close()
+		closing := res.Close || err != nil || n > maxProbeBody
+		if !w.send(readResult{status: res.StatusCode, close: closing}) || closing {
+			return
+		}
+	}
+}
+
+func (w *watch) send(r readResult) bool {
+	select {
+	case w.results <- r:
+		return true
+	case <-w.done:
+		return false
+	}
+}
+
+func (w *watch) close() {
+	close(w.done)
+	w.conn.Close()
+}

@@ -1,0 +1,114 @@
+package healthcheck
+
+import (
+	"errors"
+	"time"
+)
+
+// State is where a backend stands in the one state machine of this package.
+//
+//	unknown → healthy → ejected(reason) → restarting → probation → healthy
+//
+// Only Healthy and Probation backends are in service (receive requests).
+type State uint8
+
+const (
+	// Unknown: not yet probed; not in service, so nothing is sent to a
+	// backend that has never answered (unlike Caddy, which starts healthy).
+	Unknown State = iota
+	// Healthy: in service.
+	Healthy
+	// Ejected: out of service for Reason until enough good beats come back.
+	Ejected
+	// Restarting: out of service while a supervisor restarts it.
+	Restarting
+	// Probation: back in service, ramping its share of traffic.
+	Probation
+)
+
+var stateNames = [...]string{"unknown", "healthy", "ejected", "restarting", "probation"}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "invalid"
+}
+
+// InService reports whether requests may be sent to a backend in this state.
+func (s State) InService() bool { return s == Healthy || s == Probation }
+
+// MarshalText lets states print by name in JSON and logs.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Reason says why a backend left service.
+type Reason uint8
+
+const (
+	ReasonNone Reason = iota
+	// Crash: proof the process is gone (connection refused or reset).
+	Crash
+	// Hang: heartbeats or requests timed out; the process may be alive but
+	// stuck, so only a supervisor restart will bring it back.
+	Hang
+	// BadStatus: the heartbeat answered with an unexpected status.
+	BadStatus
+	// LeaseExpired: a restart lease ran out before the backend came back.
+	LeaseExpired
+	// Manual: an operator took it out.
+	Manual
+)
+
+var reasonNames = [...]string{"", "crash", "hang", "bad-status", "lease-expired", "manual"}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "invalid"
+}
+
+// MarshalText lets reasons print by name in JSON and logs.
+func (r Reason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// Transition is one change of a backend's state, published to subscribers.
+type Transition struct {
+	Backend string    `json:"backend"`
+	Index   int       `json:"index"`
+	From    State     `json:"from"`
+	To      State     `json:"to"`
+	Reason  Reason    `json:"reason,omitempty"`
+	Cause   string    `json:"cause,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// ErrRescued is the cancel cause of a request that was in flight on a
+// backend ejected for a hang: it is to be replayed elsewhere at once.
+var ErrRescued = errors.New("backend ejected for a hang while the request was in flight")
+
+// Evidence is what the engine learns about a backend; every state change
+// follows from one piece of evidence through Pool.observe.
+type Evidence uint8
+
+const (
+	// Pass: a heartbeat answered as expected.
+	Pass Evidence = iota
+	// Miss: a heartbeat timed out or could not connect (not refused).
+	Miss
+	// WrongStatus: a heartbeat answered with an unexpected status.
+	WrongStatus
+	// Gone: connection refused or reset: the process is not there.
+	Gone
+	// Timeout: a live request got no response in time; counts as a hang
+	// at once (a heartbeat is then sent to confirm recovery).
+	Timeout
+)
+
+var evidenceNames = [...]string{"pass", "miss", "wrong-status", "gone", "timeout"}
+
+func (e Evidence) String() string {
+	if int(e) < len(evidenceNames) {
+		return evidenceNames[e]
+	}
+	return "invalid"
+}
