@@ -1,0 +1,71 @@
+package caddymodule
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/crashonly/caddy-failover/healthcheck"
+)
+
+// stateKey carries a request's failover state through reverse_proxy's loop
+// to our selector and transport.
+type stateKey struct{}
+
+// tried is a backend a request failed on, in one of its lives: after an
+// ejection and readmission (a new generation) it may be tried again.
+type tried struct {
+	index int
+	gen   uint64
+}
+
+// requestState is what the selector and transport remember of one request
+// across reverse_proxy's attempts. Pooled: the hot path allocates none.
+type requestState struct {
+	tried     []tried
+	current   *healthcheck.Backend
+	attempts  int // attempts started
+	unsent    int // attempts that provably never reached a backend
+	holdUntil time.Time
+	noBackend bool // ended because no backend came into service in time
+	stopped   bool
+	flight    healthcheck.Flight
+	triedBuf  [8]tried
+}
+
+var statePool = sync.Pool{New: func() any { return new(requestState) }}
+
+func getRequestState() *requestState {
+	st := statePool.Get().(*requestState)
+	st.tried = st.triedBuf[:0]
+	return st
+}
+
+func putRequestState(st *requestState) {
+	*st = requestState{}
+	statePool.Put(st)
+}
+
+func (st *requestState) hasTried(i int, gen uint64) bool {
+	for _, t := range st.tried {
+		if t.index == i && t.gen == gen {
+			return true
+		}
+	}
+	return false
+}
+
+// replayable reports whether a failed attempt of req may be replayed on
+// another backend although it may have reached the first (design.md):
+// an idempotent method, or an Idempotency-Key the route opted in to, and a
+// body that reverse_proxy kept whole. Caddy keeps a body whole when it is
+// shorter than request_buffers (a body of exactly that size is cut).
+func (h *Handler) replayable(req *http.Request) bool {
+	if _, ok := h.methods[req.Method]; !ok {
+		if !h.IdempotencyKey || req.Header.Get("Idempotency-Key") == "" {
+			return false
+		}
+	}
+	return req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0 ||
+		(req.ContentLength > 0 && req.ContentLength < h.RequestBuffers)
+}

@@ -1,0 +1,133 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"syscall"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/crashonly/caddy-failover/healthcheck"
+)
+
+// transport wraps the configured transport. It sees every attempt's outcome:
+// it reports failures to the engine, registers replayable attempts so that
+// an ejection for a hang can cancel them, and returns a DialError, which
+// makes reverse_proxy retry, exactly when a replay is safe.
+type transport struct {
+	inner http.RoundTripper
+	h     *Handler
+}
+
+func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	st, _ := req.Context().Value(stateKey{}).(*requestState)
+	if st == nil || st.current == nil {
+		return t.inner.RoundTrip(req)
+	}
+	b := st.current
+	if !t.h.replayable(req) {
+		res, err := t.inner.RoundTrip(req)
+		if err != nil {
+			return nil, t.failed(req.Context(), b, st, err, false)
+		}
+		return res, nil
+	}
+	parent := req.Context()
+	ctx, cancel := context.WithCancelCause(parent)
+	st.flight.Cancel = cancel
+	b.Begin(&st.flight)
+	res, err := t.inner.RoundTrip(req.WithContext(ctx))
+	if b.End(&st.flight) && parent.Err() == nil {
+		// ejected for a hang while in flight: nothing reached the client
+		// yet, so throw away whatever came and replay at once
+		if res != nil {
+			res.Body.Close()
+		}
+		return nil, reverseproxy.NewDialError(fmt.Errorf("%s: %w", b.Addr, healthcheck.ErrRescued))
+	}
+	if err != nil {
+		cancel(nil)
+		return nil, t.failed(parent, b, st, err, true)
+	}
+	return res, nil
+}
+
+// failed reports a failed attempt and decides whether it is replayed.
+func (t *transport) failed(ctx context.Context, b *healthcheck.Backend, st *requestState, err error, replayable bool) error {
+	if ctx.Err() != nil {
+		return err // the client left: not the backend's fault
+	}
+	if _, ok := errors.AsType[reverseproxy.DialError](err); ok {
+		// never reached the backend: reverse_proxy replays it, any method
+		st.unsent++
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			b.Report(healthcheck.Gone, err)
+		} else {
+			b.Report(healthcheck.Miss, err)
+		}
+		return err
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNRESET):
+		b.Report(healthcheck.Gone, err)
+	case isTimeout(err):
+		b.Report(healthcheck.Timeout, err)
+	default:
+		// EOF and the like: a crash or an idle-close race; a beat tells
+		b.Probe()
+	}
+	if replayable {
+		return reverseproxy.NewDialError(err)
+	}
+	return err
+}
+
+func isTimeout(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
+}
+
+// The optional interfaces reverse_proxy looks for on its transport.
+
+func (t *transport) RequestHeaderOps() *headers.HeaderOps {
+	if x, ok := t.inner.(reverseproxy.RequestHeaderOpsTransport); ok {
+		return x.RequestHeaderOps()
+	}
+	return nil
+}
+
+func (t *transport) ProxyProtocolEnabled() bool {
+	x, ok := t.inner.(reverseproxy.ProxyProtocolTransport)
+	return ok && x.ProxyProtocolEnabled()
+}
+
+func (t *transport) RequiresContentLength() bool {
+	x, ok := t.inner.(reverseproxy.ContentLengthRequiredTransport)
+	return ok && x.RequiresContentLength()
+}
+
+func (t *transport) TLSEnabled() bool {
+	x, ok := t.inner.(reverseproxy.TLSTransport)
+	return ok && x.TLSEnabled()
+}
+
+// EnableTLS is required of a TLSTransport; TLS is configured on the inner
+// transport when the Caddyfile is adapted, so it only delegates.
+func (t *transport) EnableTLS(base *reverseproxy.TLSConfig) error {
+	if x, ok := t.inner.(reverseproxy.TLSTransport); ok {
+		return x.EnableTLS(base)
+	}
+	return fmt.Errorf("transport %T does not support TLS", t.inner)
+}
+
+var (
+	_ http.RoundTripper                           = (*transport)(nil)
+	_ reverseproxy.TLSTransport                   = (*transport)(nil)
+	_ reverseproxy.RequestHeaderOpsTransport      = (*transport)(nil)
+	_ reverseproxy.ProxyProtocolTransport         = (*transport)(nil)
+	_ reverseproxy.ContentLengthRequiredTransport = (*transport)(nil)
+)
