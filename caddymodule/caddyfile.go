@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"math"
 	"strconv"
 	"strings"
 
@@ -169,16 +170,17 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			return true, err
 		}
 		size, err := humanize.ParseBytes(v)
-		if err != nil || size == 0 {
+		if err != nil || size == 0 || size > math.MaxInt64 {
 			return true, d.Errf("request_buffers %q: not a size like 64KiB or 1MB", v)
 		}
 		h.RequestBuffers = int64(size)
 	case "lb_policy", "lb_retries", "lb_try_duration", "lb_try_interval", "lb_retry_match",
 		"health_port", "health_upstream", "health_headers", "health_method", "health_request_body",
-		"health_body", "health_follow_redirects",
+		"health_body", "health_follow_redirects", "health_path",
 		"fail_duration", "max_fails", "unhealthy_status", "unhealthy_latency", "unhealthy_request_count",
 		"dynamic":
-		return true, d.Errf("%s: managed by failover, not available in a failover block (see retries, hold and the health_* subdirectives)", sub)
+		return true, d.Errf("%s: managed by failover, not available in a failover block (see retries, hold and the health_* subdirectives)",
+			strings.Join(append([]string{sub}, d.RemainingArgs()...), " "))
 	default:
 		return false, nil
 	}

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,6 +75,8 @@ type Handler struct {
 	retries   int
 	ownsInner *reverseproxy.HTTPTransport
 	logger    *zap.Logger
+	// the embedded reverse_proxy was provisioned (its Cleanup needs that)
+	proxyProvisioned bool
 }
 
 // HealthConfig configures heartbeats; names follow reverse_proxy's.
@@ -129,8 +130,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	if ht, ok := inner.(*reverseproxy.HTTPTransport); ok && ht.TLS != nil {
-		cfg.TLS = &tls.Config{InsecureSkipVerify: ht.TLS.InsecureSkipVerify} //nolint:gosec // mirrors the proxy's own setting
+	ht, ok := inner.(*reverseproxy.HTTPTransport)
+	if !ok {
+		return fmt.Errorf("failover: transport %T: only the http transport is supported (heartbeats speak HTTP)", inner)
+	}
+	if ht.TLS != nil && ht.Transport != nil && ht.Transport.TLSClientConfig != nil {
+		// heartbeats trust what the proxy trusts: CAs, client certs, server name
+		cfg.TLS = ht.Transport.TLSClientConfig.Clone()
+		cfg.TLS.NextProtos = []string{"http/1.1"}
 	}
 	h.pool, h.poolKey, err = acquirePool(addrs, cfg, h.logger)
 	if err != nil {
@@ -152,6 +159,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.RequestBuffers == 0 {
 		h.RequestBuffers = DefaultRequestBuffers
 	}
+	h.proxyProvisioned = true
 	return h.Handler.Provision(ctx)
 }
 
@@ -172,8 +180,12 @@ func (h *Handler) checkManagedFields() error {
 		if strings.Contains(u.Dial, "{") {
 			return fmt.Errorf("failover: upstream %q: placeholders are not supported in upstream addresses", u.Dial)
 		}
-		if _, err := caddy.ParseNetworkAddress(u.Dial); err != nil {
+		na, err := caddy.ParseNetworkAddress(u.Dial)
+		if err != nil {
 			return fmt.Errorf("failover: upstream %q: %v", u.Dial, err)
+		}
+		if na.Network != "tcp" {
+			return fmt.Errorf("failover: upstream %q: only TCP upstreams are supported", u.Dial)
 		}
 	}
 	return nil
@@ -246,7 +258,13 @@ func (h *Handler) provisionInnerTransport(ctx caddy.Context) (http.RoundTripper,
 
 // Cleanup releases the pool; its probers stop when no config uses it.
 func (h *Handler) Cleanup() error {
-	err := h.Handler.Cleanup()
+	// Caddy cleans up a module whose Provision failed; reverse_proxy's
+	// Cleanup panics unless its own Provision ran, and would release
+	// upstream hosts it never took.
+	var err error
+	if h.proxyProvisioned {
+		err = h.Handler.Cleanup()
+	}
 	if h.poolKey != "" {
 		releasePool(h.poolKey)
 	}

@@ -46,7 +46,7 @@ func parseStatus(s string) (lo, hi int, err error) {
 		return class * 100, class*100 + 99, nil
 	}
 	code, err := strconv.Atoi(s)
-	if err != nil || code < 100 || code > 599 {
+	if err != nil || len(s) != 3 || code < 100 || code > 599 {
 		return 0, 0, fmt.Errorf("expected a status code from 100 to 599 or a class like 2xx")
 	}
 	return code, code, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"syscall"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
@@ -64,7 +65,7 @@ func (t *transport) failed(ctx context.Context, b *healthcheck.Backend, st *requ
 	if _, ok := errors.AsType[reverseproxy.DialError](err); ok {
 		// never reached the backend: reverse_proxy replays it, any method
 		st.unsent++
-		if errors.Is(err, syscall.ECONNREFUSED) {
+		if refused(err) {
 			b.Report(healthcheck.Gone, err)
 		} else {
 			b.Report(healthcheck.Miss, err)
@@ -84,6 +85,12 @@ func (t *transport) failed(ctx context.Context, b *healthcheck.Backend, st *requ
 		return reverseproxy.NewDialError(err)
 	}
 	return err
+}
+
+// refused reports a connection refused. reverse_proxy's DialError (v2.11.9)
+// does not unwrap, so past it the errno is known only by its text.
+func refused(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || strings.HasSuffix(err.Error(), syscall.ECONNREFUSED.Error())
 }
 
 func isTimeout(err error) bool {
