@@ -75,6 +75,7 @@ func (b *Backend) Probe() {
 // of leaving its client to sit out a response timeout.
 type Flight struct {
 	Cancel  context.CancelCauseFunc
+	start   time.Time
 	slot    int
 	rescued bool
 }
@@ -82,6 +83,7 @@ type Flight struct {
 // Begin registers f as in flight on b.
 func (b *Backend) Begin(f *Flight) {
 	b.flightMu.Lock()
+	f.start = time.Now()
 	f.slot = len(b.flights)
 	f.rescued = false
 	b.flights = append(b.flights, f)
@@ -104,6 +106,19 @@ func (b *Backend) End(f *Flight) (rescued bool) {
 	moved.slot = f.slot
 	b.flights[last] = nil
 	b.flights = b.flights[:last]
+	return false
+}
+
+// stuck reports whether a registered flight has waited longer than d: with
+// a missed heartbeat, that is a second witness of a hang.
+func (b *Backend) stuck(d time.Duration) bool {
+	b.flightMu.Lock()
+	defer b.flightMu.Unlock()
+	for _, f := range b.flights {
+		if time.Since(f.start) > d {
+			return true
+		}
+	}
 	return false
 }
 

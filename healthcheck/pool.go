@@ -143,6 +143,9 @@ func (p *Pool) Snapshot() []Snapshot {
 
 // observe is the state machine: it applies one piece of evidence about b.
 func (p *Pool) observe(b *Backend, e Evidence, cause error) {
+	// a missed beat while live requests wait longer than a beat may take
+	// is two witnesses of a hang: do not wait for the next beat to agree
+	stuck := e == Miss && b.stuck(p.cfg.Timeout)
 	p.mu.Lock()
 	var rescue bool
 	switch e {
@@ -167,7 +170,7 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 		switch {
 		case b.state == Unknown && b.fails >= p.cfg.Fails:
 			p.eject(b, reason, cause)
-		case b.state.InService() && (b.fails >= p.cfg.Fails || e == Timeout):
+		case b.state.InService() && (b.fails >= p.cfg.Fails || e == Timeout || stuck):
 			rescue = p.ejectGuarded(b, reason, cause)
 		}
 	case Gone:

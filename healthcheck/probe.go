@@ -38,9 +38,19 @@ func newProber(p *Pool, b *Backend) *prober {
 		host = b.Addr
 	}
 	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: caddy-failover-heartbeat\r\nAccept: */*\r\n\r\n", p.cfg.Path, host)
+	cfg := p.cfg
+	if cfg.TLS != nil && cfg.TLS.ServerName == "" {
+		// as net/http does: verify the certificate for the host dialled
+		// (without a ServerName, crypto/tls refuses to verify at all)
+		cfg.TLS = cfg.TLS.Clone()
+		cfg.TLS.ServerName = b.Addr
+		if h, _, err := net.SplitHostPort(b.Addr); err == nil {
+			cfg.TLS.ServerName = h
+		}
+	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &prober{p: p, b: b, cfg: p.cfg, req: []byte(req), timer: t}
+	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t}
 }
 
 func (pr *prober) run() {
@@ -221,6 +231,9 @@ func (w *watch) read() {
 		if err != nil {
 			w.send(readResult{err: err})
 			return
+		}
+		if res.StatusCode < 200 && res.StatusCode != http.StatusSwitchingProtocols {
+			continue // informational (103 Early Hints, 100): the answer follows
 		}
 		n, err := io.Copy(io.Discard, io.LimitReader(res.Body, maxProbeBody+1))
 		res.Body.Close()

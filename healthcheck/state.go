@@ -2,6 +2,7 @@ package healthcheck
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -41,6 +42,13 @@ func (s State) InService() bool { return s == Healthy || s == Probation }
 // MarshalText lets states print by name in JSON and logs.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads a state by name, as the admin API prints it.
+func (s *State) UnmarshalText(b []byte) error {
+	i, err := byName(stateNames[:], string(b))
+	*s = State(i)
+	return err
+}
+
 // Reason says why a backend left service.
 type Reason uint8
 
@@ -70,6 +78,22 @@ func (r Reason) String() string {
 
 // MarshalText lets reasons print by name in JSON and logs.
 func (r Reason) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText reads a reason by name, as the admin API prints it.
+func (r *Reason) UnmarshalText(b []byte) error {
+	i, err := byName(reasonNames[:], string(b))
+	*r = Reason(i)
+	return err
+}
+
+func byName(names []string, name string) (int, error) {
+	for i, n := range names {
+		if n == name {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown name %q", name)
+}
 
 // Transition is one change of a backend's state, published to subscribers.
 type Transition struct {
