@@ -1,0 +1,360 @@
+package main
+
+// End-to-end tests: the real Caddy built from this package, a real Caddyfile,
+// real example backends that are really killed and frozen.
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/crashonly/caddy-failover/caddymodule"
+	"github.com/crashonly/caddy-failover/cmd/internal/chaos"
+)
+
+var caddyBin, backendBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "failover-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	caddyBin, backendBin = filepath.Join(dir, "caddy"), filepath.Join(dir, "backend")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	var wg sync.WaitGroup
+	var caddyErr error
+	wg.Go(func() { caddyErr = chaos.BuildBinary(ctx, "./cmd/caddy", caddyBin) })
+	backendErr := chaos.BuildBinary(ctx, "./examples/backend", backendBin)
+	wg.Wait()
+	cancel()
+	if caddyErr != nil || backendErr != nil {
+		fmt.Fprintln(os.Stderr, "building:", caddyErr, backendErr)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// rig is a pool of example backends behind a real Caddy.
+type rig struct {
+	t        *testing.T
+	dir      string
+	records  string
+	backends []*chaos.Backend
+	addrs    []string
+	caddy    *chaos.Caddy
+	admin    string
+	port     int
+	client   *http.Client
+}
+
+func newRig(t *testing.T, n int) *rig {
+	if testing.Short() {
+		t.Skip("end-to-end: builds and runs Caddy")
+	}
+	ports, err := chaos.FreePorts(n + 2)
+	require.NoError(t, err)
+	r := &rig{t: t, dir: t.TempDir(), admin: fmt.Sprintf("127.0.0.1:%d", ports[0]), port: ports[1]}
+	r.records = filepath.Join(r.dir, "orders.log")
+	r.client = &http.Client{Timeout: 30 * time.Second}
+	for i, p := range ports[2:] {
+		b, err := chaos.StartBackend(t.Context(), chaos.BackendConfig{
+			Bin: backendBin, Addr: fmt.Sprintf("127.0.0.1:%d", p), ID: fmt.Sprintf("b%d", i+1), Records: r.records,
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() { b.Close() })
+		r.backends = append(r.backends, b)
+		r.addrs = append(r.addrs, b.Config().Addr)
+	}
+	return r
+}
+
+func (r *rig) caddyfile(block string) string {
+	block = strings.ReplaceAll(block, "{{upstreams}}", strings.Join(r.addrs, " "))
+	return chaos.Caddyfile(r.admin, r.port, block)
+}
+
+func (r *rig) start(block string) {
+	c, err := chaos.StartCaddy(r.t.Context(), caddyBin, r.caddyfile(block), filepath.Join(r.dir, "caddy"))
+	require.NoError(r.t, err)
+	r.t.Cleanup(func() {
+		c.Close()
+		if r.t.Failed() {
+			r.t.Logf("caddy log:\n%s", tail(c.Logs(), 6000))
+		}
+	})
+	r.caddy = c
+}
+
+func (r *rig) url(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", r.port, path) }
+
+// pools reads the admin API.
+func (r *rig) pools() []caddymodule.PoolStatus {
+	res, err := http.Get("http://" + r.admin + "/failover/pools")
+	require.NoError(r.t, err)
+	defer res.Body.Close()
+	var out []caddymodule.PoolStatus
+	require.NoError(r.t, json.NewDecoder(res.Body).Decode(&out))
+	return out
+}
+
+// waitStates polls the admin API (bounded) until every backend is in the
+// given state ("" matches any).
+func (r *rig) waitStates(d time.Duration, want ...string) caddymodule.PoolStatus {
+	deadline := time.Now().Add(d)
+	for {
+		ps := r.pools()
+		if len(ps) == 1 && len(ps[0].Backends) == len(want) {
+			ok := true
+			for i, b := range ps[0].Backends {
+				if want[i] != "" && b.State.String() != want[i] {
+					ok = false
+				}
+			}
+			if ok {
+				return ps[0]
+			}
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("backends never reached %v; pools: %+v", want, ps)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (r *rig) get(path string) (int, string, http.Header, error) {
+	res, err := r.client.Get(r.url(path))
+	if err != nil {
+		return 0, "", nil, err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	return res.StatusCode, string(body), res.Header, err
+}
+
+func (r *rig) post(id string) (int, string, error) {
+	req, _ := http.NewRequest(http.MethodPost, r.url("/order"), strings.NewReader("item=1"))
+	req.Header.Set("X-Request-Id", id)
+	res, err := r.client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	return res.StatusCode, string(body), err
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// Under concurrent GET and POST load, backends are SIGKILLed and SIGSTOPped
+// (and restarted by a supervisor): no GET fails and no POST runs twice.
+func TestChaosNoFailedGETsNoDoublePOSTs(t *testing.T) {
+	r := newRig(t, 3)
+	r.start("failover {{upstreams}} {\n\thealth_uri /health\n}")
+	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
+
+	sup := chaos.StartSupervisor(r.backends, chaos.SupervisorConfig{})
+	defer sup.Stop()
+	inj := &chaos.Injector{Backends: r.backends, HangFor: time.Second}
+	faults := []chaos.Fault{
+		{At: 500 * time.Millisecond, Kind: chaos.FaultCrash, Backend: 0},
+		{At: 1500 * time.Millisecond, Kind: chaos.FaultHang, Backend: 1},
+		{At: 3000 * time.Millisecond, Kind: chaos.FaultCrash, Backend: 2},
+		{At: 4000 * time.Millisecond, Kind: chaos.FaultHang, Backend: 0},
+		{At: 5500 * time.Millisecond, Kind: chaos.FaultOutage, Backend: -1},
+		{At: 7000 * time.Millisecond, Kind: chaos.FaultCrash, Backend: 1},
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	go inj.Run(ctx, faults)
+	res := chaos.RunLoad(ctx, chaos.LoadConfig{
+		URL: r.url(""), Concurrency: 8, Duration: 8500 * time.Millisecond, MaxRequests: 200000,
+		PostRatio: 0.3, Seed: 1, WorkMs: 2,
+	})
+	inj.Wait()
+	rep, err := chaos.Analyze(res, r.records)
+	require.NoError(t, err)
+	t.Logf("\n%s", rep)
+
+	applied := 0
+	for _, ev := range inj.Events() {
+		if ev.Err == "" && ev.Action != "SIGKILL after hang" {
+			applied++
+		}
+	}
+	require.Equal(t, len(faults), applied, "every fault was applied: %v", inj.Events())
+	require.GreaterOrEqual(t, len(sup.Restarts()), 6, "the supervisor restarted the killed backends")
+	require.Greater(t, rep.Total, 1000, "the load ran")
+	assert.Zero(t, rep.FailuresByMethod["GET"], "failed GETs")
+	assert.Zero(t, rep.ExecutedTwice, "POSTs executed twice: %v", rep.ExecutedTwiceIDs)
+	assert.Zero(t, rep.OKButNotRecorded, "POSTs acknowledged but never executed")
+}
+
+// A POST whose connection is refused never reached a backend: it is replayed
+// on a peer and served, once.
+func TestRefusedPOSTIsServedOnce(t *testing.T) {
+	r := newRig(t, 2)
+	r.start("failover {{upstreams}} {\n\thealth_uri /health\n}")
+	r.waitStates(10*time.Second, "healthy", "healthy")
+
+	// b1 refuses new connections but still answers heartbeats on the
+	// connection the proxy holds: it looks alive until a request is refused.
+	res, err := http.Post("http://"+r.addrs[0]+"/close-listener", "text/plain", nil)
+	require.NoError(t, err)
+	res.Body.Close()
+
+	for i := range 6 {
+		code, body, err := r.post(fmt.Sprintf("refused-%d", i))
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, code, body)
+		require.Equal(t, "ok b2\n", body, "served by the backend that accepts connections")
+	}
+	ps := r.waitStates(5*time.Second, "ejected", "healthy")
+	assert.Equal(t, "crash", ps.Backends[0].Reason.String(), "a refused connection is proof of a crash")
+
+	records, err := os.ReadFile(r.records)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(string(records)), "\n")
+	assert.Len(t, lines, 6, "each POST executed exactly once: %q", lines)
+}
+
+// Every backend dies; they come back about a second later. GETs sent in
+// between are held, not failed, and succeed once a backend is back.
+func TestTotalOutageHoldsRequests(t *testing.T) {
+	r := newRig(t, 3)
+	r.start("failover {{upstreams}} {\n\thealth_uri /health\n}")
+	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
+
+	for _, b := range r.backends {
+		require.NoError(t, b.Kill())
+	}
+	r.waitStates(5*time.Second, "ejected", "ejected", "ejected")
+
+	type result struct {
+		code    int
+		err     error
+		latency time.Duration
+	}
+	results := make(chan result, 20)
+	for range 20 {
+		go func() {
+			start := time.Now()
+			code, _, _, err := r.get("/work")
+			results <- result{code, err, time.Since(start)}
+		}()
+	}
+	time.AfterFunc(time.Second, func() {
+		for _, b := range r.backends {
+			_ = b.Restart(context.Background())
+		}
+	})
+	for range 20 {
+		select {
+		case res := <-results:
+			require.NoError(t, res.err)
+			assert.Equal(t, http.StatusOK, res.code)
+			assert.Greater(t, res.latency, 500*time.Millisecond, "held until a backend was back")
+		case <-time.After(20 * time.Second):
+			t.Fatal("held requests never finished")
+		}
+	}
+}
+
+// When nothing comes back within hold, the client gets 503 with Retry-After.
+func TestHoldExpiresWith503(t *testing.T) {
+	r := newRig(t, 1)
+	r.start("failover {{upstreams}} {\n\thealth_uri /health\n\thold 300ms\n}")
+	r.waitStates(10*time.Second, "healthy")
+	require.NoError(t, r.backends[0].Kill())
+	r.waitStates(5*time.Second, "ejected")
+
+	start := time.Now()
+	code, _, hdr, err := r.get("/work")
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond, "held for hold")
+	ra, err := strconv.Atoi(hdr.Get("Retry-After"))
+	require.NoError(t, err, "Retry-After is delay-seconds")
+	assert.GreaterOrEqual(t, ra, 1)
+}
+
+var goroutinesRE = regexp.MustCompile(`goroutine profile: total (\d+)`)
+
+func (r *rig) goroutines() int {
+	res, err := http.Get("http://" + r.admin + "/debug/pprof/goroutine?debug=1")
+	require.NoError(r.t, err)
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	m := goroutinesRE.FindSubmatch(b)
+	require.NotNil(r.t, m, "goroutine profile")
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// caddy reload with an unchanged pool keeps every backend's health, starts
+// no second prober and leaks no goroutines.
+func TestReloadKeepsHealth(t *testing.T) {
+	r := newRig(t, 3)
+	block := "header X-Generation %d\nfailover {{upstreams}} {\n\thealth_uri /health\n}"
+	r.start(fmt.Sprintf(block, 0))
+	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
+	require.NoError(t, r.backends[2].Kill()) // no supervisor: stays dead
+	before := r.waitStates(5*time.Second, "healthy", "healthy", "ejected")
+	baseline := r.goroutines()
+
+	for gen := 1; gen <= 5; gen++ {
+		require.NoError(t, r.caddy.Reload(r.caddyfile(fmt.Sprintf(block, gen))))
+		code, _, hdr, err := r.get("/work")
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, code)
+		require.Equal(t, strconv.Itoa(gen), hdr.Get("X-Generation"), "the new config is live")
+	}
+	after := r.pools()
+	require.Len(t, after, 1, "one pool, so one prober per backend")
+	assert.Equal(t, before.ID, after[0].ID, "the same pool survived the reloads")
+	for i := range before.Backends {
+		assert.Equal(t, before.Backends[i].State, after[0].Backends[i].State)
+		assert.True(t, before.Backends[i].Since.Equal(after[0].Backends[i].Since),
+			"backend %d: no transition across reloads", i)
+	}
+	// The dead backend is still out: no request went to it.
+	for range 9 {
+		code, body, _, err := r.get("/work")
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, code)
+		require.NotContains(t, body, "backend=b3")
+	}
+	// Goroutines settle back (an idle connection or two may come and go).
+	deadline := time.Now().Add(5 * time.Second)
+	for n := r.goroutines(); n > baseline+4; n = r.goroutines() {
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines grew from %d to %d over 5 reloads", baseline, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
