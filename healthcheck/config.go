@@ -3,6 +3,7 @@ package healthcheck
 import (
 	"crypto/tls"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -80,6 +81,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("status range %d-%d is not a valid HTTP status range", c.StatusMin, c.StatusMax)
 	case c.Path != "" && c.Path[0] != '/':
 		return fmt.Errorf("path %q must start with /", c.Path)
+	case strings.ContainsAny(c.Path, " \t\r\n"):
+		return fmt.Errorf("path %q must not contain white space", c.Path)
+	case strings.ContainsAny(c.Host, " \t\r\n/"):
+		return fmt.Errorf("host %q is not a host name", c.Host)
 	}
 	return nil
 }

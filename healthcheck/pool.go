@@ -20,8 +20,10 @@ type Pool struct {
 
 	mu        sync.Mutex
 	inService int
-	ready     chan struct{} // closed and replaced whenever a backend enters service
-	subs      []*Subscription
+	// ready is closed and replaced whenever a backend enters service; read
+	// without the lock on every request
+	ready atomic.Pointer[chan struct{}]
+	subs  []*Subscription
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -37,11 +39,12 @@ func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 		log = zap.NewNop()
 	}
 	p := &Pool{
-		id:    poolIDs.Add(1),
-		cfg:   cfg.WithDefaults(),
-		log:   log,
-		ready: make(chan struct{}),
+		id:  poolIDs.Add(1),
+		cfg: cfg.WithDefaults(),
+		log: log,
 	}
+	ready := make(chan struct{})
+	p.ready.Store(&ready)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	now := time.Now()
 	for i, a := range addrs {
@@ -103,11 +106,7 @@ func (p *Pool) Close() {
 // Ready returns a channel that is closed the next time any backend enters
 // service. Take it before looking for a backend, then wait on it: a
 // readmission in between closes the channel you hold, so no wake-up is lost.
-func (p *Pool) Ready() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.ready
-}
+func (p *Pool) Ready() <-chan struct{} { return *p.ready.Load() }
 
 // InService counts the backends in service now.
 func (p *Pool) InService() int {
@@ -176,7 +175,9 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 	case Gone:
 		b.passes = 0
 		b.fails++
-		if b.state == Unknown || b.state.InService() {
+		// also when already out for another reason: the process is gone
+		// now, which is what a supervisor needs to know
+		if b.state == Unknown || b.state.InService() || (b.state == Ejected && b.reason != Crash) {
 			p.eject(b, Crash, cause)
 		}
 	}
@@ -192,9 +193,9 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 // admit is the transition into service (unknown|ejected|restarting → healthy).
 func (p *Pool) admit(b *Backend) {
 	b.gen.Add(1)
-	p.set(b, Healthy, ReasonNone, nil)
-	close(p.ready)
-	p.ready = make(chan struct{})
+	p.set(b, Healthy, ReasonNone, nil) // in service before waiters wake
+	next := make(chan struct{})
+	close(*p.ready.Swap(&next))
 }
 
 // eject is the transition out of service, whatever the evidence.

@@ -30,6 +30,8 @@ type prober struct {
 	dial  net.Dialer
 	timer *time.Timer
 	w     *watch
+	// watchBeat is when a closed watch connection last caused a beat.
+	watchBeat time.Time
 }
 
 func newProber(p *Pool, b *Backend) *prober {
@@ -95,23 +97,33 @@ func (pr *prober) sleep(d time.Duration) bool {
 	if d <= 0 {
 		return pr.p.ctx.Err() == nil
 	}
-	var closed <-chan readResult
-	if pr.w != nil {
-		closed = pr.w.results
-	}
 	pr.timer.Reset(d)
 	defer pr.timer.Stop()
-	select {
-	case <-pr.p.ctx.Done():
-		return false
-	case <-pr.b.kick:
-	case <-pr.timer.C:
-	case <-closed:
-		// the backend closed the idle connection (or said something
-		// unasked): beat at once on a new connection to learn why
-		pr.drop()
+	for {
+		var closed <-chan readResult
+		if pr.w != nil {
+			closed = pr.w.results
+		}
+		select {
+		case <-pr.p.ctx.Done():
+			return false
+		case <-pr.b.kick:
+			return true
+		case <-pr.timer.C:
+			return true
+		case <-closed:
+			// the backend closed the idle connection (or said something
+			// unasked): beat at once on a new connection to learn why;
+			// but a backend whose idle timeout is shorter than the
+			// interval would then be beaten at its idle timeout: at most
+			// one such beat an interval, the rest wait for the timer
+			pr.drop()
+			if time.Since(pr.watchBeat) >= pr.cfg.Interval {
+				pr.watchBeat = time.Now()
+				return true
+			}
+		}
 	}
-	return true
 }
 
 // beat sends one heartbeat and judges it.

@@ -1,0 +1,135 @@
+package healthcheck
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestWithDefaults(t *testing.T) {
+	c := Config{}.WithDefaults()
+	assert.Equal(t, 250*time.Millisecond, c.Interval)
+	assert.Equal(t, 200*time.Millisecond, c.Timeout)
+	assert.Equal(t, 2, c.Fails)
+	assert.Equal(t, 1, c.Passes)
+	assert.Equal(t, "/", c.Path)
+	// no path: a backend that answers at all (below 500) is alive
+	assert.Equal(t, 100, c.StatusMin)
+	assert.Equal(t, 499, c.StatusMax)
+	assert.Equal(t, Config{}.WithDefaults(), c.WithDefaults(), "WithDefaults is idempotent")
+
+	c = Config{Path: "/health"}.WithDefaults()
+	assert.Equal(t, "/health", c.Path)
+	assert.Equal(t, 200, c.StatusMin, "a health path must answer 2xx")
+	assert.Equal(t, 299, c.StatusMax)
+
+	set := Config{Path: "/hc", Host: "h", Interval: time.Second, Timeout: 3 * time.Second, Fails: 5, Passes: 4, StatusMin: 418, StatusMax: 418}
+	assert.Equal(t, set, set.WithDefaults(), "set fields are kept")
+
+	p := NewPool(nil, Config{}, nil)
+	assert.Equal(t, Config{}.WithDefaults(), p.Config(), "a pool runs with defaults applied")
+}
+
+func TestValidate(t *testing.T) {
+	for _, c := range []Config{
+		{},
+		{Path: "/health", Interval: time.Second, Timeout: time.Second, Fails: 1, Passes: 1},
+		{StatusMin: 200, StatusMax: 599},
+		{StatusMin: 0, StatusMax: 300},
+		{StatusMin: 418, StatusMax: 418},
+	} {
+		assert.NoError(t, c.Validate(), "%+v", c)
+		assert.NoError(t, c.WithDefaults().Validate(), "defaults of %+v", c)
+	}
+	for name, c := range map[string]Config{
+		"negative interval": {Interval: -1},
+		"negative timeout":  {Timeout: -time.Second},
+		"negative fails":    {Fails: -1},
+		"negative passes":   {Passes: -2},
+		"inverted range":    {StatusMin: 300, StatusMax: 200},
+		"min only":          {StatusMin: 200},
+		"negative min":      {StatusMin: -1, StatusMax: 200},
+		"max above 599":     {StatusMin: 200, StatusMax: 600},
+		"relative path":     {Path: "health"},
+	} {
+		assert.Error(t, c.Validate(), name)
+	}
+}
+
+func TestStatusOK(t *testing.T) {
+	c := Config{}.WithDefaults()
+	for code, ok := range map[int]bool{100: true, 200: true, 301: true, 404: true, 499: true, 500: false, 503: false} {
+		assert.Equal(t, ok, c.statusOK(code), "no path, %d", code)
+	}
+	c = Config{Path: "/health"}.WithDefaults()
+	for code, ok := range map[int]bool{199: false, 200: true, 204: true, 299: true, 301: false, 404: false, 500: false} {
+		assert.Equal(t, ok, c.statusOK(code), "with path, %d", code)
+	}
+}
+
+func TestNames(t *testing.T) {
+	for s, name := range map[State]string{Unknown: "unknown", Healthy: "healthy", Ejected: "ejected", Restarting: "restarting", Probation: "probation", 99: "invalid"} {
+		assert.Equal(t, name, s.String())
+		b, err := s.MarshalText()
+		require.NoError(t, err)
+		assert.Equal(t, name, string(b))
+	}
+	for s, in := range map[State]bool{Unknown: false, Healthy: true, Ejected: false, Restarting: false, Probation: true} {
+		assert.Equal(t, in, s.InService(), s.String())
+	}
+	for r, name := range map[Reason]string{ReasonNone: "", Crash: "crash", Hang: "hang", BadStatus: "bad-status", LeaseExpired: "lease-expired", Manual: "manual", 99: "invalid"} {
+		assert.Equal(t, name, r.String())
+		b, err := r.MarshalText()
+		require.NoError(t, err)
+		assert.Equal(t, name, string(b))
+	}
+	for e, name := range map[Evidence]string{Pass: "pass", Miss: "miss", WrongStatus: "wrong-status", Gone: "gone", Timeout: "timeout", 99: "invalid"} {
+		assert.Equal(t, name, e.String())
+	}
+
+	j, err := json.Marshal(Transition{Backend: "a:1", Index: 2, From: Healthy, To: Ejected, Reason: Hang, Cause: "x"})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"backend":"a:1","index":2,"from":"healthy","to":"ejected","reason":"hang","cause":"x","at":"0001-01-01T00:00:00Z"}`, string(j))
+	j, err = json.Marshal(Snapshot{Addr: "a:1", State: Healthy})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"address":"a:1","state":"healthy","since":"0001-01-01T00:00:00Z","beats":0,"in_flight":0}`, string(j))
+}
+
+func TestTextRoundTrip(t *testing.T) {
+	for s := Unknown; s <= Probation; s++ {
+		b, err := s.MarshalText()
+		require.NoError(t, err)
+		var got State
+		require.NoError(t, got.UnmarshalText(b))
+		assert.Equal(t, s, got)
+	}
+	for r := ReasonNone; r <= Manual; r++ {
+		b, err := r.MarshalText()
+		require.NoError(t, err)
+		var got Reason
+		require.NoError(t, got.UnmarshalText(b))
+		assert.Equal(t, r, got)
+	}
+	var s State
+	assert.Error(t, s.UnmarshalText([]byte("sleeping")))
+	var r Reason
+	assert.Error(t, r.UnmarshalText([]byte("boredom")))
+	assert.Error(t, json.Unmarshal([]byte(`{"state":"bogus"}`), &Snapshot{}))
+
+	tr := Transition{Backend: "a:1", Index: 1, From: Healthy, To: Ejected, Reason: LeaseExpired, Cause: "c", At: time.Unix(1, 2).UTC()}
+	j, err := json.Marshal(tr)
+	require.NoError(t, err)
+	var back Transition
+	require.NoError(t, json.Unmarshal(j, &back))
+	assert.Equal(t, tr, back)
+
+	snap := Snapshot{Addr: "a:1", State: Restarting, Since: time.Unix(3, 0).UTC(), Beats: 7, InFlight: 2}
+	j, err = json.Marshal(snap)
+	require.NoError(t, err)
+	var sback Snapshot
+	require.NoError(t, json.Unmarshal(j, &sback))
+	assert.Equal(t, snap, sback)
+}

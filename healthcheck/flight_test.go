@@ -1,0 +1,238 @@
+package healthcheck
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// checkFlights verifies the swap-remove bookkeeping: every registered
+// flight sits at its own slot, once.
+func checkFlights(t *testing.T, b *Backend, want map[*Flight]bool) {
+	t.Helper()
+	b.flightMu.Lock()
+	defer b.flightMu.Unlock()
+	require.Len(t, b.flights, len(want))
+	for i, f := range b.flights {
+		require.Equal(t, i, f.slot, "slot of flight %d", i)
+		require.True(t, want[f], "flight at %d is not registered", i)
+	}
+}
+
+func TestFlightsBeginEnd(t *testing.T) {
+	b := NewPool([]string{"a:1"}, Config{}, nil).Backends()[0]
+	const n = 300
+	fs := make([]*Flight, n)
+	live := map[*Flight]bool{}
+	for i := range fs {
+		fs[i] = &Flight{Cancel: func(error) { t.Error("cancelled without a rescue") }}
+		b.Begin(fs[i])
+		live[fs[i]] = true
+		require.Equal(t, len(live), b.InFlight())
+	}
+	checkFlights(t, b, live)
+	// end them in random order, with some begun again on the way
+	for round := 0; round < 3; round++ {
+		rand.Shuffle(n, func(i, j int) { fs[i], fs[j] = fs[j], fs[i] })
+		for i, f := range fs {
+			require.False(t, b.End(f))
+			delete(live, f)
+			if i%7 == 0 {
+				b.Begin(f) // a flight is reusable after End
+				live[f] = true
+			}
+			checkFlights(t, b, live)
+		}
+		for f := range live {
+			require.False(t, b.End(f))
+			delete(live, f)
+		}
+		require.Zero(t, b.InFlight())
+		for _, f := range fs {
+			b.Begin(f)
+			live[f] = true
+		}
+	}
+}
+
+func TestFlightsEndLastAndOnly(t *testing.T) {
+	b := NewPool([]string{"a:1"}, Config{}, nil).Backends()[0]
+	f, g := &Flight{}, &Flight{}
+	b.Begin(f)
+	require.False(t, b.End(f))
+	require.Zero(t, b.InFlight())
+	b.Begin(f)
+	b.Begin(g)
+	require.False(t, b.End(g)) // the last one: swapped with itself
+	checkFlights(t, b, map[*Flight]bool{f: true})
+	require.False(t, b.End(f))
+	require.Zero(t, b.InFlight())
+}
+
+func TestFlightsConcurrent(t *testing.T) {
+	b := NewPool([]string{"a:1"}, Config{}, nil).Backends()[0]
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mine := make([]*Flight, 0, 16)
+			for i := 0; i < 2000; i++ {
+				if len(mine) < 16 && (len(mine) == 0 || rand.IntN(2) == 0) {
+					f := &Flight{Cancel: func(error) {}}
+					b.Begin(f)
+					mine = append(mine, f)
+				} else {
+					k := rand.IntN(len(mine))
+					if b.End(mine[k]) {
+						t.Error("ended flight reported rescued")
+					}
+					mine[k] = mine[len(mine)-1]
+					mine = mine[:len(mine)-1]
+				}
+			}
+			for _, f := range mine {
+				b.End(f)
+			}
+		}()
+	}
+	wg.Wait()
+	require.Zero(t, b.InFlight())
+	checkFlights(t, b, map[*Flight]bool{})
+}
+
+// Rescues racing with Begin/End: End says "rescued" exactly for the flights
+// whose context got ErrRescued, and never touches a flight it already let go.
+func TestFlightsRescueRace(t *testing.T) {
+	b := NewPool([]string{"a:1"}, Config{}, nil).Backends()[0]
+	type rec struct {
+		ctx     context.Context
+		rescued bool
+	}
+	var (
+		mu   sync.Mutex
+		recs []rec
+		wg   sync.WaitGroup
+		stop atomic.Bool
+	)
+	var rescues atomic.Int64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			rescues.Add(int64(b.rescue()))
+		}
+	}()
+	var workers sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for i := 0; i < 3000; i++ {
+				ctx, cancel := context.WithCancelCause(context.Background())
+				f := &Flight{Cancel: cancel}
+				b.Begin(f)
+				r := b.End(f)
+				mu.Lock()
+				recs = append(recs, rec{ctx, r})
+				mu.Unlock()
+			}
+		}()
+	}
+	workers.Wait()
+	stop.Store(true)
+	wg.Wait() // every cancel a rescue took has been called
+	n := 0
+	for _, r := range recs {
+		if r.rescued {
+			n++
+			assert.ErrorIs(t, context.Cause(r.ctx), ErrRescued)
+		} else {
+			assert.NoError(t, r.ctx.Err(), "a flight that ended unrescued was cancelled")
+		}
+	}
+	assert.EqualValues(t, n, rescues.Load())
+	assert.Zero(t, b.InFlight())
+	t.Logf("%d of %d flights rescued", n, len(recs))
+}
+
+func TestRescueOnHangOnly(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		ev     []Evidence
+		reason Reason
+		rescue bool
+	}{
+		{"timeout report", []Evidence{Timeout}, Hang, true},
+		{"missed beats", []Evidence{Miss, Miss}, Hang, true},
+		{"bad status", []Evidence{WrongStatus, WrongStatus}, BadStatus, false},
+		{"crash", []Evidence{Gone}, Crash, false}, // its requests fail by themselves
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p, bs, rec := machine(t, 2, Config{})
+			feed(p, bs[0], Pass)
+			feed(p, bs[1], Pass)
+			type fl struct {
+				f   *Flight
+				ctx context.Context
+			}
+			var on0, on1 []fl
+			for i := 0; i < 5; i++ {
+				for _, x := range []struct {
+					b  *Backend
+					to *[]fl
+				}{{bs[0], &on0}, {bs[1], &on1}} {
+					ctx, cancel := context.WithCancelCause(context.Background())
+					t.Cleanup(func() { cancel(nil) })
+					f := &Flight{Cancel: cancel}
+					x.b.Begin(f)
+					*x.to = append(*x.to, fl{f, ctx})
+				}
+			}
+			require.False(t, bs[0].End(on0[4].f)) // ended before: untouched
+			feed(p, bs[0], c.ev...)
+			rec.ejected(0, c.reason)
+			for i, x := range on0[:4] {
+				if c.rescue {
+					assert.ErrorIs(t, context.Cause(x.ctx), ErrRescued, "flight %d", i)
+					assert.True(t, bs[0].End(x.f), "End after a rescue reports it")
+					assert.True(t, bs[0].End(x.f), "and does not panic when repeated")
+				} else {
+					assert.NoError(t, x.ctx.Err())
+					assert.False(t, bs[0].End(x.f))
+				}
+			}
+			assert.NoError(t, on0[4].ctx.Err())
+			assert.Zero(t, bs[0].InFlight())
+			for _, x := range on1 { // the other backend's flights are left alone
+				assert.NoError(t, x.ctx.Err())
+				assert.False(t, bs[1].End(x.f))
+			}
+			// a rescued flight is reusable
+			f := on0[0].f
+			f.Cancel = func(error) {}
+			bs[0].Begin(f)
+			assert.False(t, bs[0].End(f))
+		})
+	}
+}
+
+func TestNoRescueWhenGuarded(t *testing.T) {
+	p, bs, _ := machine(t, 1, Config{})
+	feed(p, bs[0], Pass)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	f := &Flight{Cancel: cancel}
+	bs[0].Begin(f)
+	bs[0].Report(Timeout, errors.New("slow"))
+	feed(p, bs[0], Miss, Miss)
+	requireState(t, bs[0], Healthy, ReasonNone)
+	assert.NoError(t, ctx.Err())
+	assert.False(t, bs[0].End(f))
+}
