@@ -282,6 +282,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	st := getRequestState()
 	defer putRequestState(st)
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
+	if r.ContentLength == 0 {
+		// no body (a server request's is never nil): spare reverse_proxy
+		// wrapping and buffering it, as it would drop it later anyway
+		r.Body = nil
+	}
 	err := h.Handler.ServeHTTP(w, r, next)
 	switch {
 	case r.Context().Err() != nil && err != nil:
