@@ -29,8 +29,22 @@ type Backend struct {
 	since  time.Time
 	fails  int // consecutive bad beats
 	passes int // consecutive good beats
-	// guarded is set while the panic guard keeps b in service.
-	guarded bool
+	// guarded is why the panic guard keeps b in service (ReasonNone: it
+	// does not).
+	guarded Reason
+	// lastGood is when b last answered as expected.
+	lastGood time.Time
+
+	// restarts, guarded by pool.mu (see restart.go)
+	lease       uint64      // counts restart requests; identifies the current one
+	leaseUntil  time.Time   // the current restart must be done by then
+	restartAt   time.Time   // no restart before then (crash-loop backoff)
+	restartedAt time.Time   // when the current restart was requested
+	recent      []time.Time // restart requests within restartWindow
+
+	// probation holds when b entered probation (UnixNano), 0 outside it,
+	// for the selector to ramp b's share without locking.
+	probation atomic.Int64
 
 	// kick wakes the prober for a beat at once.
 	kick chan struct{}
@@ -44,6 +58,18 @@ func (b *Backend) InService() bool { return b.inService.Load() }
 
 // Gen is the number of times b has been admitted to service.
 func (b *Backend) Gen() uint64 { return b.gen.Load() }
+
+// Share is the part of its round-robin turns b takes now: 1, but less
+// during probation (slow start), ramping linearly from 10%.
+func (b *Backend) Share(now time.Time) float64 {
+	start := b.probation.Load()
+	if start == 0 {
+		return 1
+	}
+	ramp := b.pool.cfg.SlowStart
+	f := float64(now.UnixNano()-start) / float64(ramp)
+	return min(max(f, 0.1), 1)
+}
 
 // State returns b's state, why it is there, and since when.
 func (b *Backend) State() (State, Reason, time.Time) {

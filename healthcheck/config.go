@@ -37,6 +37,9 @@ type Config struct {
 	StatusMin, StatusMax int
 	// TLS, when set, makes heartbeats use TLS (for https upstreams).
 	TLS *tls.Config
+	// SlowStart, when set, ramps a readmitted backend's share of new
+	// requests linearly over this time (probation). Not at startup.
+	SlowStart time.Duration
 }
 
 // WithDefaults returns c with zero fields filled in.
@@ -75,6 +78,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("timeout %v is negative", c.Timeout)
 	case c.Fails < 0:
 		return fmt.Errorf("fails %d is negative", c.Fails)
+	case c.SlowStart < 0:
+		return fmt.Errorf("slow start %v is negative", c.SlowStart)
 	case c.Passes < 0:
 		return fmt.Errorf("passes %d is negative", c.Passes)
 	case c.StatusMin > c.StatusMax, c.StatusMin < 0, c.StatusMax > 599:

@@ -166,9 +166,12 @@ func (r *recorder) waitFor(i int, within time.Duration, what string, want func(T
 	}
 }
 
+// anyReason makes to match a transition whatever its reason.
+const anyReason Reason = 255
+
 // to matches a transition of backend i into state s for reason rs.
 func to(i int, s State, rs Reason) func(Transition) bool {
-	return func(t Transition) bool { return t.Index == i && t.To == s && t.Reason == rs }
+	return func(t Transition) bool { return t.Index == i && t.To == s && (rs == anyReason || t.Reason == rs) }
 }
 
 func (r *recorder) healthy(i int) Transition {

@@ -24,6 +24,12 @@ type Pool struct {
 	// without the lock on every request
 	ready atomic.Pointer[chan struct{}]
 	subs  []*Subscription
+	// the restart policy and what it learnt (restart.go)
+	policy RestartPolicy
+	// restartTook is how long restarts have taken, request to readmission:
+	// a moving average, 0 until one was seen
+	restartTook time.Duration
+	restartWake chan struct{}
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -39,9 +45,10 @@ func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 		log = zap.NewNop()
 	}
 	p := &Pool{
-		id:  poolIDs.Add(1),
-		cfg: cfg.WithDefaults(),
-		log: log,
+		id:          poolIDs.Add(1),
+		cfg:         cfg.WithDefaults(),
+		log:         log,
+		restartWake: make(chan struct{}, 1),
 	}
 	ready := make(chan struct{})
 	p.ready.Store(&ready)
@@ -49,7 +56,7 @@ func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 	now := time.Now()
 	for i, a := range addrs {
 		p.backends = append(p.backends, &Backend{
-			Addr: a, Index: i, pool: p, since: now,
+			Addr: a, Index: i, pool: p, since: now, lastGood: now,
 			kick: make(chan struct{}, 1),
 		})
 	}
@@ -75,6 +82,11 @@ func (p *Pool) Start() {
 		return
 	}
 	p.started = true
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.superviseRestarts()
+	}()
 	for _, b := range p.backends {
 		pr := newProber(p, b)
 		p.wg.Add(1)
@@ -151,7 +163,8 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 	case Pass:
 		b.fails = 0
 		b.passes++
-		b.guarded = false
+		b.guarded = ReasonNone
+		b.lastGood = time.Now()
 		need := p.cfg.Passes
 		if b.state == Unknown {
 			need = 1 // a backend that has never failed needs no proof of recovery
@@ -190,10 +203,23 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 	}
 }
 
-// admit is the transition into service (unknown|ejected|restarting → healthy).
+// admit is the transition into service: unknown → healthy, and ejected or
+// restarting → probation (with slow start) or healthy.
 func (p *Pool) admit(b *Backend) {
 	b.gen.Add(1)
-	p.set(b, Healthy, ReasonNone, nil) // in service before waiters wake
+	if b.state == Restarting {
+		took := time.Since(b.restartedAt)
+		if p.restartTook == 0 {
+			p.restartTook = took
+		} else {
+			p.restartTook = (3*p.restartTook + took) / 4
+		}
+	}
+	to := Healthy
+	if p.cfg.SlowStart > 0 && b.state != Unknown {
+		to = Probation
+	}
+	p.set(b, to, ReasonNone, nil) // in service before waiters wake
 	next := make(chan struct{})
 	close(*p.ready.Swap(&next))
 }
@@ -209,8 +235,9 @@ func (p *Pool) eject(b *Backend, r Reason, cause error) {
 // be a total outage). It reports whether b was ejected for a hang.
 func (p *Pool) ejectGuarded(b *Backend, r Reason, cause error) bool {
 	if p.inService <= 1 {
-		if !b.guarded {
-			b.guarded = true
+		if b.guarded == ReasonNone {
+			b.guarded = r
+			p.wakeRestarts() // kept in, but maybe to be restarted
 			p.log.Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
 				zap.String("backend", b.Addr), zap.Stringer("reason", r), zap.Error(cause))
 		}
@@ -236,6 +263,12 @@ func (p *Pool) set(b *Backend, to State, r Reason, cause error) {
 			p.inService--
 		}
 	}
+	if to == Probation {
+		b.probation.Store(now.UnixNano())
+	} else if from == Probation {
+		b.probation.Store(0)
+	}
+	p.wakeRestarts()
 	t := Transition{Backend: b.Addr, Index: b.Index, From: from, To: to, Reason: r, At: now}
 	if cause != nil {
 		t.Cause = cause.Error()

@@ -400,7 +400,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	rec := record(t, p)
 	p.Start()
 	p.Start() // a second Start starts nothing
-	assert.Equal(t, len(addrs), stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).Start"), "one prober per backend")
+	assert.Equal(t, len(addrs)+1, stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).Start"), "one prober per backend and the restart supervisor")
 	rec.healthy(0)
 	rec.ejected(1, Crash)
 	rec.ejected(2, Hang)

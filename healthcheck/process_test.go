@@ -32,10 +32,21 @@ type child struct {
 	once   sync.Once
 }
 
-func startChild(tb testing.TB) *child {
+func startChild(tb testing.TB) *child { return startChildAt(tb, "127.0.0.1:0") }
+
+// startChildAt starts a child listening on addr, ended when the test ends.
+func startChildAt(tb testing.TB, addr string) *child {
+	tb.Helper()
+	c := newChild(tb, addr)
+	tb.Cleanup(c.end)
+	return c
+}
+
+// newChild starts a child listening on addr; the caller ends it.
+func newChild(tb testing.TB, addr string) *child {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=127.0.0.1:0")
+	cmd.Env = append(os.Environ(), childEnv+"="+addr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe() // the child exits when this closes
@@ -44,7 +55,6 @@ func startChild(tb testing.TB) *child {
 	require.NoError(tb, err)
 	require.NoError(tb, cmd.Start())
 	c := &child{cmd: cmd, stdin: stdin, output: make(chan struct{})}
-	tb.Cleanup(c.end)
 
 	line := make(chan string, 1)
 	go func() {

@@ -284,7 +284,7 @@ func TestPanicGuard(t *testing.T) {
 func (b *Backend) guardedNow() bool {
 	b.pool.mu.Lock()
 	defer b.pool.mu.Unlock()
-	return b.guarded
+	return b.guarded != ReasonNone
 }
 
 func TestReportGoneEjectsAtOnce(t *testing.T) {

@@ -1,0 +1,389 @@
+//go:build linux
+
+package healthcheck
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The prober's own CPU: a pool of n idle backends at the default interval
+// (250ms) and timeout, against n local listeners served by a child process
+// (so that the serving side's CPU is not counted), measured as this
+// process's user+system CPU time (getrusage) over a window once every
+// backend is in service and the beats have had time to spread out.
+//
+//	go test -run XXX -bench ProbeCPU -benchtime 1x ./healthcheck
+//	go test -run XXX -bench ProbeCPU -benchtime 1x ./healthcheck -args -probe.window 20s -probe.cpuprofile /tmp/probe
+//
+// Reported: %core (CPU time / wall time × 100 over the window), µs-cpu/beat,
+// beats/s, %core-idle (the same process, same child, before the pool
+// starts), ejections (during the window: should be 0), MB-heap (in use
+// after settling), %core-user and %core-sys (the split of %core).
+
+var (
+	probeWindow  = flag.Duration("probe.window", 10*time.Second, "BenchmarkProbeCPU: measurement window")
+	probeSettle  = flag.Duration("probe.settle", 5*time.Second, "BenchmarkProbeCPU: wait after every backend is in service, before measuring")
+	probeProfile = flag.String("probe.cpuprofile", "", "BenchmarkProbeCPU: write a CPU profile of the window to this path plus .N (backends)")
+)
+
+// serveManyEnv, when set to a number, turns the test binary into a child
+// that serves that many loopback listeners (see serveMany). It is checked
+// in init, before TestMain, so no other file needs to know about it.
+const serveManyEnv = "HC_BENCH_SERVE_MANY"
+
+func init() {
+	if v := os.Getenv(serveManyEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			fmt.Fprintln(os.Stderr, "serve-many:", v, err)
+			os.Exit(2)
+		}
+		serveMany(n) // never returns
+	}
+}
+
+// serveMany listens on n loopback ports and answers every request on every
+// connection with a canned 200, as cheaply as it can (no net/http): it
+// reads until the end of a request head (heartbeats have no body) and
+// writes the answer. It prints one address per line, then "ready", and
+// exits when its stdin closes.
+func serveMany(n int) {
+	if err := raiseNoFile(uint64(2*n + 256)); err != nil {
+		fmt.Fprintln(os.Stderr, "serve-many: raising RLIMIT_NOFILE:", err)
+	}
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		os.Exit(0)
+	}()
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
+	end := []byte("\r\n\r\n")
+	handle := func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 0, 1024)
+		chunk := make([]byte, 1024)
+		for {
+			k, err := c.Read(chunk)
+			if err != nil {
+				return
+			}
+			buf = append(buf, chunk[:k]...)
+			for {
+				i := bytes.Index(buf, end)
+				if i < 0 {
+					break
+				}
+				buf = buf[:copy(buf, buf[i+len(end):])]
+				if _, err := c.Write(resp); err != nil {
+					return
+				}
+			}
+			if len(buf) > 64<<10 {
+				return
+			}
+		}
+	}
+	out := bufio.NewWriter(os.Stdout)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "serve-many:", err)
+			os.Exit(3)
+		}
+		fmt.Fprintln(out, ln.Addr())
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					if errors.Is(err, net.ErrClosed) {
+						return
+					}
+					time.Sleep(10 * time.Millisecond) // EMFILE and the like
+					continue
+				}
+				go handle(c)
+			}
+		}()
+	}
+	fmt.Fprintln(out, "ready")
+	_ = out.Flush()
+	select {}
+}
+
+// raiseNoFile raises this process's RLIMIT_NOFILE (soft, and hard when
+// needed and permitted) to at least want.
+func raiseNoFile(want uint64) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur >= want {
+		return nil
+	}
+	lim.Cur = want
+	if lim.Max < want {
+		lim.Max = want
+	}
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+}
+
+// manyServers are child processes serving many listeners between them.
+type manyServers struct {
+	children []*serverChild
+	addrs    []string
+}
+
+// serverChild is one child process serving listeners.
+type serverChild struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan struct{} // closed when its stdout is drained
+}
+
+// perChild bounds the listeners of one child: each costs it two fds (the
+// listener and the accepted connection), and a child may not be able to
+// raise its RLIMIT_NOFILE (no CAP_SYS_RESOURCE in a container).
+const perChild = 4000
+
+// startManyServers starts as many children as it takes to serve n
+// listeners; they are stopped when the benchmark ends.
+func startManyServers(b *testing.B, n int) *manyServers {
+	b.Helper()
+	s := &manyServers{}
+	for n > 0 {
+		k := min(n, perChild)
+		c, addrs := startServerChild(b, k)
+		s.children = append(s.children, c)
+		s.addrs = append(s.addrs, addrs...)
+		n -= k
+	}
+	return s
+}
+
+func startServerChild(b *testing.B, n int) (*serverChild, []string) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", serveManyEnv, n))
+	// its own process group, and killed if we die without closing stdin
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	c := &serverChild{cmd: cmd, stdin: stdin, done: make(chan struct{})}
+	b.Cleanup(c.stop)
+	lines := make(chan []string, 1)
+	go func() {
+		defer close(c.done)
+		var addrs []string
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if sc.Text() == "ready" {
+				lines <- addrs
+				break
+			}
+			addrs = append(addrs, sc.Text())
+		}
+		close(lines)
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case addrs, ok := <-lines:
+		if !ok || len(addrs) != n {
+			b.Fatalf("server child gave %d addresses, want %d", len(addrs), n)
+		}
+		return c, addrs
+	case <-time.After(60 * time.Second):
+		b.Fatal("server child not ready within 60s")
+		return nil, nil
+	}
+}
+
+// stop closes the child's stdin (it exits), and kills it if it has not
+// exited within 5s.
+func (c *serverChild) stop() {
+	_ = c.stdin.Close()
+	exited := make(chan struct{})
+	go func() {
+		<-c.done
+		_ = c.cmd.Wait()
+		close(exited)
+	}()
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+	}
+}
+
+// cpuTime is this process's user+system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	u, s := cpuTimes(b)
+	return u + s
+}
+
+// cpuTimes is this process's user and system CPU time so far.
+func cpuTimes(b *testing.B) (user, sys time.Duration) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+}
+
+func BenchmarkProbeCPU(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("backends=%d", n), func(b *testing.B) { benchProbeCPU(b, n) })
+	}
+}
+
+func benchProbeCPU(b *testing.B, n int) {
+	// each backend costs this process one fd (the heartbeat connection);
+	// the child two (its listener and the accepted connection)
+	var orig syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &orig); err != nil {
+		b.Fatal(err)
+	}
+	if err := raiseNoFile(65536); err != nil {
+		b.Logf("raising RLIMIT_NOFILE: %v", err)
+	}
+	b.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &orig) })
+	var lim syscall.Rlimit
+	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	if most := int(lim.Cur) - 512; n > most {
+		b.Logf("RLIMIT_NOFILE %d: measuring %d backends instead of %d", lim.Cur, most, n)
+		n = most
+	}
+
+	servers := startManyServers(b, n)
+
+	// the process at rest, child running, no pool: what is not the prober's
+	idleStart, idleWall := cpuTime(b), time.Now()
+	time.Sleep(time.Second)
+	idle := float64(cpuTime(b)-idleStart) / float64(time.Since(idleWall)) * 100
+
+	p := NewPool(servers.addrs, Config{Path: "/health"}, nil)
+	b.Cleanup(p.Close)
+	var ejections, admissions atomic.Int64
+	sub := p.Subscribe()
+	subDone := make(chan struct{})
+	go func() {
+		defer close(subDone)
+		for t := range sub.C {
+			if t.To == Ejected {
+				ejections.Add(1)
+			} else if t.To.InService() {
+				admissions.Add(1)
+			}
+		}
+	}()
+	b.Cleanup(func() {
+		p.Unsubscribe(sub)
+		<-subDone
+	})
+
+	started := time.Now()
+	p.Start()
+	deadline := time.NewTimer(2 * time.Minute)
+	defer deadline.Stop()
+	for {
+		ready := p.Ready()
+		if p.InService() == n {
+			break
+		}
+		select {
+		case <-ready:
+		case <-deadline.C:
+			b.Fatalf("%d of %d backends in service after 2m", p.InService(), n)
+		}
+	}
+	b.Logf("%d backends in service %v after Start (%d ejections on the way)", n, time.Since(started).Round(time.Millisecond), ejections.Load())
+	time.Sleep(*probeSettle)
+
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+
+	beats := func() uint64 {
+		var sum uint64
+		for _, be := range p.backends {
+			sum += be.beats.Load()
+		}
+		return sum
+	}
+	profiling := false
+	if *probeProfile != "" {
+		f, err := os.Create(fmt.Sprintf("%s.%d", *probeProfile, n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Logf("no window profile: %v", err) // -cpuprofile is on
+		} else {
+			profiling = true
+		}
+	}
+
+	var user, sys, wall time.Duration
+	var beat uint64
+	ej0 := ejections.Load()
+	b.ResetTimer()
+	for range b.N {
+		u0, s0 := cpuTimes(b)
+		w0, b0 := time.Now(), beats()
+		time.Sleep(*probeWindow)
+		u1, s1 := cpuTimes(b)
+		wall += time.Since(w0)
+		user += u1 - u0
+		sys += s1 - s0
+		beat += beats() - b0
+	}
+	cpu := user + sys
+	b.StopTimer()
+	if profiling {
+		pprof.StopCPUProfile()
+	}
+	ejected := ejections.Load() - ej0
+
+	b.ReportMetric(float64(cpu)/float64(wall)*100, "%core")
+	b.ReportMetric(float64(user)/float64(wall)*100, "%core-user")
+	b.ReportMetric(float64(sys)/float64(wall)*100, "%core-sys")
+	b.ReportMetric(idle, "%core-idle")
+	b.ReportMetric(float64(beat)/wall.Seconds(), "beats/s")
+	if beat > 0 {
+		b.ReportMetric(float64(cpu.Microseconds())/float64(beat), "µs-cpu/beat")
+	}
+	b.ReportMetric(float64(ejected), "ejections")
+	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "MB-heap")
+	b.ReportMetric(float64(n), "backends")
+	if in := p.InService(); in != n {
+		b.Logf("%d of %d backends in service at the end", in, n)
+	}
+	if ejected > 0 {
+		b.Logf("%d ejections during the window: the figure includes reconnects; the machine is too busy for %d backends at this interval",
+			ejected, n)
+	}
+}

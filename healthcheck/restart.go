@@ -1,0 +1,240 @@
+package healthcheck
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Restarter asks a backend's supervisor to restart it. It returns once the
+// request is made; the backend's return is seen by its heartbeats.
+type Restarter interface {
+	Restart(ctx context.Context, b *Backend, reason Reason, lastGood time.Time) error
+}
+
+// Defaults of the restart policy.
+const (
+	DefaultRestartAfter = time.Second
+	DefaultRestartLease = 30 * time.Second
+	// A backend restarted restartBurst times within restartWindow is in a
+	// crash loop (systemd's StartLimitBurst=5 in StartLimitIntervalSec=10s):
+	// its next restarts back off, doubling from a second up to a minute.
+	restartBurst      = 5
+	restartWindow     = 10 * time.Second
+	restartBackoff    = time.Second
+	restartBackoffCap = time.Minute
+)
+
+// RestartPolicy says when the engine asks for a restart. Restarts are
+// leased: one in flight per backend, each lasting Lease or until the backend
+// is healthy again; an expired lease is requested again, with backoff.
+type RestartPolicy struct {
+	Restarter Restarter
+	// After: a hung backend is restarted once it has not answered for this
+	// long (counted from its last good answer). Default 1s.
+	After time.Duration
+	// Lease: how long one restart may take. Default 30s.
+	Lease time.Duration
+	// MaxRestarting: most backends restarting at once. Default half the
+	// pool, at least 1.
+	MaxRestarting int
+	// Crashed: also restart backends whose process is gone. Off when the
+	// supervisor restarts exited processes by itself.
+	Crashed bool
+}
+
+// SetRestartPolicy installs (or, with a nil Restarter, removes) the restart
+// policy. The latest call wins: a reloaded config installs its own.
+func (p *Pool) SetRestartPolicy(rp RestartPolicy) {
+	if rp.After == 0 {
+		rp.After = DefaultRestartAfter
+	}
+	if rp.Lease == 0 {
+		rp.Lease = DefaultRestartLease
+	}
+	if rp.MaxRestarting == 0 {
+		rp.MaxRestarting = max(1, len(p.backends)/2)
+	}
+	p.mu.Lock()
+	p.policy = rp
+	p.mu.Unlock()
+	p.wakeRestarts()
+}
+
+func (p *Pool) wakeRestarts() {
+	select {
+	case p.restartWake <- struct{}{}:
+	default:
+	}
+}
+
+// superviseRestarts runs the restart policy and timed transitions (lease
+// expiry, end of probation). It wakes on every transition and on the
+// earliest deadline.
+func (p *Pool) superviseRestarts() {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		wait := p.restartRound(time.Now())
+		t.Reset(wait)
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-p.restartWake:
+		case <-t.C:
+		}
+	}
+}
+
+// restartRound takes the timed decisions due at now and returns how long
+// until the next one may be due.
+func (p *Pool) restartRound(now time.Time) time.Duration {
+	type request struct {
+		b        *Backend
+		reason   Reason
+		lastGood time.Time
+		lease    uint64
+	}
+	var requests []request
+	next := time.Hour
+	due := func(at time.Time) {
+		if d := at.Sub(now); d < next {
+			next = max(d, time.Millisecond)
+		}
+	}
+	p.mu.Lock()
+	pol := p.policy
+	restarting := 0
+	for _, b := range p.backends {
+		if b.state == Restarting {
+			restarting++
+		}
+	}
+	for _, b := range p.backends {
+		switch {
+		case b.state == Probation:
+			if end := b.since.Add(p.cfg.SlowStart); !now.Before(end) {
+				p.set(b, Healthy, ReasonNone, nil)
+			} else {
+				due(end)
+			}
+		case b.state == Restarting:
+			if !now.Before(b.leaseUntil) {
+				p.set(b, Ejected, LeaseExpired, fmt.Errorf("not back %v after the restart request", pol.Lease))
+				restarting--
+				b.restartAt = now.Add(b.backoff(now))
+				due(b.restartAt)
+			} else {
+				due(b.leaseUntil)
+			}
+		case pol.Restarter != nil && p.wantsRestart(b, pol):
+			if at := b.lastGood.Add(pol.After); b.reason == Hang && now.Before(at) {
+				due(at)
+				continue
+			}
+			if now.Before(b.restartAt) {
+				due(b.restartAt)
+				continue
+			}
+			if restarting >= pol.MaxRestarting {
+				continue // woken again when a restart ends
+			}
+			restarting++
+			reason := b.reason
+			if b.state.InService() {
+				reason = Hang // kept in by the panic guard, but not answering
+			}
+			b.lease++
+			b.leaseUntil = now.Add(pol.Lease)
+			b.restartedAt = now
+			b.recent = append(b.recent, now)
+			p.set(b, Restarting, reason, nil)
+			due(b.leaseUntil)
+			requests = append(requests, request{b, reason, b.lastGood, b.lease})
+		}
+	}
+	p.mu.Unlock()
+	for _, r := range requests {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			ctx, cancel := context.WithTimeout(p.ctx, pol.Lease)
+			defer cancel()
+			err := pol.Restarter.Restart(ctx, r.b, r.reason, r.lastGood)
+			if err != nil && p.ctx.Err() == nil {
+				p.restartFailed(r.b, r.lease, err)
+			}
+		}()
+	}
+	return next
+}
+
+// wantsRestart: a hang (or an expired restart), and a crash when the
+// supervisor does not restart exits itself. Never a backend that answers
+// its heartbeat (a bad status is an answer). Callers hold p.mu.
+func (p *Pool) wantsRestart(b *Backend, pol RestartPolicy) bool {
+	switch b.state {
+	case Ejected:
+		return b.reason == Hang || b.reason == LeaseExpired || (b.reason == Crash && pol.Crashed)
+	case Healthy, Probation:
+		return b.guarded == Hang
+	}
+	return false
+}
+
+// restartFailed puts a backend whose restart request failed back to wait,
+// with backoff, unless a newer lease or a readmission came first.
+func (p *Pool) restartFailed(b *Backend, lease uint64, err error) {
+	now := time.Now()
+	p.mu.Lock()
+	if b.state == Restarting && b.lease == lease {
+		b.restartAt = now.Add(max(b.backoff(now), restartBackoff))
+		p.set(b, Ejected, b.reason, fmt.Errorf("restart request failed: %w", err))
+	}
+	p.mu.Unlock()
+	p.log.Error("restart request failed; will retry", zap.String("backend", b.Addr), zap.Error(err))
+	p.wakeRestarts()
+}
+
+// backoff is the wait before b's next restart: none, unless b is in a crash
+// loop. Callers hold p.mu.
+func (b *Backend) backoff(now time.Time) time.Duration {
+	recent := b.recent[:0]
+	for _, t := range b.recent {
+		if now.Sub(t) < restartWindow {
+			recent = append(recent, t)
+		}
+	}
+	b.recent = recent
+	if len(recent) < restartBurst {
+		return 0
+	}
+	d := min(restartBackoff<<(len(recent)-restartBurst), restartBackoffCap)
+	b.pool.log.Warn("crash loop: backing off restarts",
+		zap.String("backend", b.Addr), zap.Int("restarts", len(recent)),
+		zap.Duration("within", restartWindow), zap.Duration("next_in", d))
+	return d
+}
+
+// RetryAfter is when a client told "no backend" should come back: the time
+// restarts have been taking, else one heartbeat round.
+func (p *Pool) RetryAfter() time.Duration {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	best := time.Duration(-1)
+	for _, b := range p.backends {
+		if b.state == Restarting && p.restartTook > 0 {
+			left := b.restartedAt.Add(p.restartTook).Sub(now)
+			if best < 0 || left < best {
+				best = max(left, 0)
+			}
+		}
+	}
+	if best < 0 {
+		best = p.cfg.Interval * time.Duration(p.cfg.Passes)
+	}
+	return best
+}

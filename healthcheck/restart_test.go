@@ -1,0 +1,314 @@
+//go:build unix
+
+package healthcheck
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// procSupervisor restarts real child processes on their own address, the
+// way a supervisor asked by a restarter would: SIGKILL, then start again.
+type procSupervisor struct {
+	tb      testing.TB
+	mu      sync.Mutex
+	kids    map[string]*child // by address
+	calls   atomic.Int64
+	delay   time.Duration // before the new process starts
+	noop    atomic.Bool   // accept requests and do nothing
+	failing atomic.Int64  // fail this many requests first
+	wg      sync.WaitGroup
+	stop    chan struct{}
+	serial  sync.Mutex // one restart at a time, as a real supervisor does
+}
+
+func newProcSupervisor(tb testing.TB) *procSupervisor {
+	s := &procSupervisor{tb: tb, kids: map[string]*child{}, stop: make(chan struct{})}
+	tb.Cleanup(func() { // runs last, after the pool's Close
+		close(s.stop)
+		s.wg.Wait()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, c := range s.kids {
+			c.end()
+		}
+	})
+	return s
+}
+
+// start runs a child on a fixed free loopback port.
+func (s *procSupervisor) start(addr string) *child {
+	c := newChild(s.tb, addr)
+	s.mu.Lock()
+	s.kids[addr] = c
+	s.mu.Unlock()
+	return c
+}
+
+func (s *procSupervisor) kid(addr string) *child {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.kids[addr]
+}
+
+func (s *procSupervisor) Restart(_ context.Context, b *Backend, _ Reason, _ time.Time) error {
+	s.calls.Add(1)
+	if s.failing.Add(-1) >= 0 {
+		return fmt.Errorf("supervisor unavailable")
+	}
+	if s.noop.Load() {
+		return nil
+	}
+	s.wg.Add(1)
+	go func() { // the request returns; the restart goes on
+		defer s.wg.Done()
+		s.serial.Lock()
+		defer s.serial.Unlock()
+		if old := s.kid(b.Addr); old != nil {
+			old.end()
+		}
+		select {
+		case <-time.After(s.delay):
+			s.start(b.Addr)
+		case <-s.stop:
+		}
+	}()
+	return nil
+}
+
+// freeAddr returns a loopback address free now, below the kernel's range of
+// ports for outgoing connections, so that a restarted child can bind it
+// again without racing some connection's source port.
+func freeAddr(tb testing.TB) string {
+	for range 1000 {
+		port := 20000 + rand.IntN(12000) // 20000-31999, under 32768
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			addr := ln.Addr().String()
+			ln.Close()
+			return addr
+		}
+	}
+	tb.Fatal("no free port")
+	return ""
+}
+
+func restartConfig() Config {
+	return Config{Path: "/health", Interval: 50 * time.Millisecond, Timeout: 100 * time.Millisecond}
+}
+
+func TestHungBackendIsRestarted(t *testing.T) {
+	sup := newProcSupervisor(t)
+	a, b := freeAddr(t), freeAddr(t)
+	ca := sup.start(a)
+	sup.start(b)
+	p, rec := newPool(t, []string{a, b}, restartConfig())
+	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 200 * time.Millisecond, Lease: 10 * time.Second})
+	p.Start()
+	rec.healthy(0)
+	rec.healthy(1)
+
+	stopped := time.Now()
+	ca.signal(t, syscall.SIGSTOP)
+	rec.ejected(0, Hang)
+	rs := rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
+	// restart_after counts from the last good answer, at most a beat
+	// before the process froze
+	assert.GreaterOrEqual(t, rs.At.Sub(stopped), 200*time.Millisecond-restartConfig().Interval)
+	back := rec.healthy(0)
+	assert.Equal(t, Restarting, back.From)
+	assert.EqualValues(t, 1, sup.calls.Load(), "one restart request")
+	assert.NotEqual(t, ca.pid(), sup.kid(a).pid(), "a new process serves")
+	assert.Positive(t, p.RetryAfter(), "a restart time was learnt")
+}
+
+func TestCrashedBackendLeftToItsSupervisor(t *testing.T) {
+	sup := newProcSupervisor(t)
+	a, b := freeAddr(t), freeAddr(t)
+	ca := sup.start(a)
+	sup.start(b)
+	p, rec := newPool(t, []string{a, b}, restartConfig())
+	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 10 * time.Millisecond})
+	p.Start()
+	rec.healthy(0)
+	rec.healthy(1)
+
+	ca.end() // SIGKILL: the process is gone; its supervisor restarts exits itself
+	rec.ejected(0, Crash)
+	bk := p.Backends()[0]
+	seen := bk.beats.Load()
+	deadline := time.Now().Add(wait)
+	for bk.beats.Load() < seen+10 { // ten more beats find it still gone
+		require.True(t, time.Now().Before(deadline), "beats stopped")
+		time.Sleep(5 * time.Millisecond)
+	}
+	assert.Zero(t, sup.calls.Load(), "no restart request for a crash")
+	st, reason, _ := bk.State()
+	assert.Equal(t, Ejected, st)
+	assert.Equal(t, Crash, reason)
+
+	p.SetRestartPolicy(RestartPolicy{Restarter: sup, Crashed: true})
+	rec.waitFor(0, wait, "restarting", to(0, Restarting, Crash))
+	rec.healthy(0)
+	assert.EqualValues(t, 1, sup.calls.Load())
+}
+
+func TestRestartLeaseExpiresAndIsRequestedAgain(t *testing.T) {
+	sup := newProcSupervisor(t)
+	sup.noop.Store(true) // the supervisor says yes and does nothing
+	a, b := freeAddr(t), freeAddr(t)
+	ca := sup.start(a)
+	sup.start(b)
+	p, rec := newPool(t, []string{a, b}, restartConfig())
+	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 10 * time.Millisecond, Lease: 200 * time.Millisecond})
+	p.Start()
+	rec.healthy(0)
+	rec.healthy(1)
+
+	ca.signal(t, syscall.SIGSTOP)
+	first := rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
+	exp := rec.waitFor(0, wait, "lease expired", to(0, Ejected, LeaseExpired))
+	assert.GreaterOrEqual(t, exp.At.Sub(first.At), 190*time.Millisecond, "the lease lasted")
+	rec.waitFor(0, wait, "restarting again", to(0, Restarting, LeaseExpired))
+	sup.noop.Store(false) // now it works: a request brings it back
+	rec.healthy(0)
+	assert.GreaterOrEqual(t, sup.calls.Load(), int64(2), "requested again after the lease")
+}
+
+func TestRestartBudget(t *testing.T) {
+	sup := newProcSupervisor(t)
+	sup.delay = 300 * time.Millisecond
+	var addrs []string
+	var kids []*child
+	for range 4 {
+		a := freeAddr(t)
+		addrs = append(addrs, a)
+		kids = append(kids, sup.start(a))
+	}
+	p, rec := newPool(t, addrs, restartConfig())
+	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 10 * time.Millisecond}) // budget: half of 4
+	p.Start()
+	for i := range addrs {
+		rec.healthy(i)
+	}
+	for _, c := range kids[:3] {
+		c.signal(t, syscall.SIGSTOP)
+	}
+	for i := range 3 {
+		rec.waitFor(i, 10*time.Second, "back", func(tr Transition) bool { return tr.Index == i && tr.From == Restarting && tr.To == Healthy })
+	}
+	rec.flush()
+	restarting, most := 0, 0
+	for _, tr := range rec.list() {
+		if tr.To == Restarting {
+			restarting++
+		}
+		if tr.From == Restarting {
+			restarting--
+		}
+		most = max(most, restarting)
+	}
+	assert.Equal(t, 2, most, "at most half the pool restarting at once:%s", rec)
+	assert.EqualValues(t, 3, sup.calls.Load())
+}
+
+func TestFailedRestartRequestIsRetried(t *testing.T) {
+	sup := newProcSupervisor(t)
+	sup.failing.Store(1)
+	a, b := freeAddr(t), freeAddr(t)
+	ca := sup.start(a)
+	sup.start(b)
+	p, rec := newPool(t, []string{a, b}, restartConfig())
+	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 10 * time.Millisecond})
+	p.Start()
+	rec.healthy(0)
+	rec.healthy(1)
+	ca.signal(t, syscall.SIGSTOP)
+	r1 := rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
+	back := rec.waitFor(0, wait, "back to waiting", to(0, Ejected, Hang))
+	r2 := rec.waitFor(0, wait, "restarting again", to(0, Restarting, Hang))
+	assert.Contains(t, back.Cause, "supervisor unavailable")
+	assert.GreaterOrEqual(t, r2.At.Sub(r1.At), restartBackoff, "retried with backoff")
+	rec.healthy(0)
+	assert.EqualValues(t, 2, sup.calls.Load())
+}
+
+func TestCrashLoopBacksOff(t *testing.T) {
+	sup := newProcSupervisor(t)
+	sup.noop.Store(true) // restarts that never bring the backend back
+	a, b := freeAddr(t), freeAddr(t)
+	ca := sup.start(a)
+	sup.start(b)
+	p, rec := newPool(t, []string{a, b}, restartConfig())
+	p.SetRestartPolicy(RestartPolicy{Restarter: sup, Crashed: true, Lease: 50 * time.Millisecond})
+	p.Start()
+	rec.healthy(0)
+	rec.healthy(1)
+	ca.end()
+	for range restartBurst + 1 {
+		rec.waitFor(0, 5*time.Second, "restarting", to(0, Restarting, anyReason))
+	}
+	rec.flush()
+	var times []time.Time
+	for _, tr := range rec.list() {
+		if tr.Index == 0 && tr.To == Restarting {
+			times = append(times, tr.At)
+		}
+	}
+	require.GreaterOrEqual(t, len(times), restartBurst+1)
+	// the first burst goes at the pace of the lease; then backoff starts
+	assert.Less(t, times[restartBurst-1].Sub(times[0]), restartWindow)
+	assert.GreaterOrEqual(t, times[restartBurst].Sub(times[restartBurst-1]), restartBackoff,
+		"after %d restarts in %v the next waits", restartBurst, restartWindow)
+}
+
+func TestGuardedHungLastBackendIsRestarted(t *testing.T) {
+	sup := newProcSupervisor(t)
+	a := freeAddr(t)
+	ca := sup.start(a)
+	p, rec := newPool(t, []string{a}, restartConfig())
+	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 100 * time.Millisecond})
+	p.Start()
+	rec.healthy(0)
+	ca.signal(t, syscall.SIGSTOP)
+	// the panic guard keeps it in service, but it does not answer
+	rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
+	rec.healthy(0)
+	assert.NotEqual(t, ca.pid(), sup.kid(a).pid())
+}
+
+func TestSlowStartProbation(t *testing.T) {
+	sup := newProcSupervisor(t)
+	a, b := freeAddr(t), freeAddr(t)
+	ca := sup.start(a)
+	sup.start(b)
+	cfg := restartConfig()
+	cfg.SlowStart = 300 * time.Millisecond
+	p, rec := newPool(t, []string{a, b}, cfg)
+	p.SetRestartPolicy(RestartPolicy{Restarter: sup, Crashed: true})
+	p.Start()
+	assert.Equal(t, Healthy, rec.healthy(0).To, "no slow start at startup")
+	rec.healthy(1)
+	bk := p.Backends()[0]
+	assert.InDelta(t, 1.0, bk.Share(time.Now()), 0)
+
+	ca.end()
+	rec.ejected(0, Crash)
+	pr := rec.waitFor(0, wait, "probation", to(0, Probation, ReasonNone))
+	assert.True(t, bk.InService(), "in service during probation")
+	assert.InDelta(t, 0.1, bk.Share(pr.At), 0.001, "starts at 10%")
+	assert.InDelta(t, 0.5, bk.Share(pr.At.Add(150*time.Millisecond)), 0.001, "ramps linearly")
+	end := rec.waitFor(0, wait, "healthy", to(0, Healthy, ReasonNone))
+	assert.GreaterOrEqual(t, end.At.Sub(pr.At), cfg.SlowStart)
+	assert.InDelta(t, 1.0, bk.Share(time.Now()), 0)
+}
