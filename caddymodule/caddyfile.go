@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/crashonly/caddy-failover/caddymodule/restart"
 )
 
 func init() {
@@ -174,6 +176,54 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			return true, d.Errf("request_buffers %q: not a size like 64KiB or 1MB", v)
 		}
 		h.RequestBuffers = int64(size)
+	case "restart":
+		if !d.NextArg() {
+			return true, d.Errf("restart: expected a restarter name (known: %s)", strings.Join(restart.KnownRestarters(), ", "))
+		}
+		raw, err := restart.ParseCaddyfile(d)
+		if err != nil {
+			return true, err
+		}
+		h.RestartRaw = raw
+	case "restart_after", "restart_timeout", "slow_start":
+		v, err := oneArg(d)
+		if err != nil {
+			return true, err
+		}
+		dur, err := caddy.ParseDuration(v)
+		if err != nil || dur <= 0 {
+			return true, d.Errf("%s %q: must be a positive duration", sub, v)
+		}
+		switch sub {
+		case "restart_after":
+			h.RestartAfter = caddy.Duration(dur)
+		case "restart_timeout":
+			h.RestartTimeout = caddy.Duration(dur)
+		default:
+			h.SlowStart = caddy.Duration(dur)
+		}
+	case "max_restarting":
+		v, err := oneArg(d)
+		if err != nil {
+			return true, err
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return true, d.Errf("max_restarting %q: must be a whole number of 1 or more", v)
+		}
+		h.MaxRestarting = n
+	case "restart_crashed":
+		on := true
+		if d.NextArg() {
+			switch v := d.Val(); v {
+			case "on", "true":
+			case "off", "false":
+				on = false
+			default:
+				return true, d.Errf("restart_crashed %q: expected on or off", v)
+			}
+		}
+		h.RestartCrashed = &on
 	case "lb_policy", "lb_retries", "lb_try_duration", "lb_try_interval", "lb_retry_match",
 		"health_port", "health_upstream", "health_headers", "health_method", "health_request_body",
 		"health_body", "health_follow_redirects", "health_path",

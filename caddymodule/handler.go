@@ -66,6 +66,30 @@ type Handler struct {
 	// promises its backends honour the key.
 	IdempotencyKey bool `json:"idempotency_key,omitempty"`
 
+	// Restart asks a supervisor to restart hung backends: a module in the
+	// failover.restarters namespace (http, exec, signal, supervisord).
+	// Default: the built-in supervisor when spawn is set, else none.
+	RestartRaw json.RawMessage `json:"restart,omitempty" caddy:"namespace=failover.restarters inline_key=restarter"`
+
+	// A hung backend is restarted once it has not answered for this long,
+	// counted from its last good answer. Default 1s.
+	RestartAfter caddy.Duration `json:"restart_after,omitempty"`
+
+	// How long one restart may take (its lease) before it is requested
+	// again. Default 30s.
+	RestartTimeout caddy.Duration `json:"restart_timeout,omitempty"`
+
+	// Most backends restarting at once. Default half the pool, at least 1.
+	MaxRestarting int `json:"max_restarting,omitempty"`
+
+	// Also restart backends whose process is gone. Default: only when the
+	// restarter's supervisor does not restart exited processes itself.
+	RestartCrashed *bool `json:"restart_crashed,omitempty"`
+
+	// Ramp a readmitted backend's share of new requests linearly over this
+	// time. Default off.
+	SlowStart caddy.Duration `json:"slow_start,omitempty"`
+
 	pool      *healthcheck.Pool
 	poolKey   string
 	backends  []*healthcheck.Backend
@@ -130,6 +154,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	cfg.SlowStart = time.Duration(h.SlowStart)
 	ht, ok := inner.(*reverseproxy.HTTPTransport)
 	if !ok {
 		return fmt.Errorf("failover: transport %T: only the http transport is supported (heartbeats speak HTTP)", inner)
@@ -144,6 +169,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.backends = h.pool.Backends()
+	if err := h.provisionRestarts(ctx, nil); err != nil {
+		return err
+	}
 
 	n := len(h.backends)
 	h.Transport = &transport{inner: inner, h: h}
@@ -209,6 +237,9 @@ func (h *Handler) Validate() error {
 		if m == "" || strings.ToUpper(m) != m {
 			return fmt.Errorf("failover: retry_methods %q: methods are upper-case tokens like GET", m)
 		}
+	}
+	if err := h.validateRestarts(); err != nil {
+		return err
 	}
 	_, err := h.Health.engineConfig()
 	return err
@@ -298,11 +329,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return err
 }
 
-// retryAfter is the Retry-After of a 503 that ends a hold: one beat and a
-// readmission away, at least a second (its unit).
+// retryAfter is the Retry-After of a 503 that ends a hold: when the pool
+// expects a backend back (from observed restart times), at least a second.
 func (h *Handler) retryAfter() string {
-	cfg := h.pool.Config()
-	secs := int((cfg.Interval*time.Duration(cfg.Passes) + time.Second - 1) / time.Second)
+	secs := int((h.pool.RetryAfter() + time.Second - 1) / time.Second)
 	return strconv.Itoa(max(secs, 1))
 }
 
