@@ -12,6 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/crashonly/caddy-failover/caddymodule/restart"
+	"github.com/crashonly/caddy-failover/caddymodule/spawn"
 )
 
 func init() {
@@ -185,6 +186,11 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			return true, err
 		}
 		h.RestartRaw = raw
+	case "spawn":
+		h.Spawn = new(spawn.Config)
+		if err := h.Spawn.UnmarshalCaddyfile(d); err != nil {
+			return true, err
+		}
 	case "restart_after", "restart_timeout", "slow_start":
 		v, err := oneArg(d)
 		if err != nil {

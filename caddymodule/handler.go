@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
+	"github.com/crashonly/caddy-failover/caddymodule/spawn"
 	"github.com/crashonly/caddy-failover/healthcheck"
 )
 
@@ -86,6 +87,11 @@ type Handler struct {
 	// restarter's supervisor does not restart exited processes itself.
 	RestartCrashed *bool `json:"restart_crashed,omitempty"`
 
+	// Spawn runs the backends: the built-in supervisor, one process per
+	// backend, restarted when it exits or hangs, kept across reloads.
+	// The upstreams are then the spawned backends'.
+	Spawn *spawn.Config `json:"spawn,omitempty"`
+
 	// Ramp a readmitted backend's share of new requests linearly over this
 	// time. Default off.
 	SlowStart caddy.Duration `json:"slow_start,omitempty"`
@@ -98,6 +104,8 @@ type Handler struct {
 	maxHeld   int64
 	retries   int
 	ownsInner *reverseproxy.HTTPTransport
+	spawned   *spawn.Group
+	spawnCfg  spawn.Config // as acquired: the key to release
 	logger    *zap.Logger
 	// the embedded reverse_proxy was provisioned (its Cleanup needs that)
 	proxyProvisioned bool
@@ -134,6 +142,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // policy and transport preset.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	builtin, err := h.provisionSpawn()
+	if err != nil {
+		return err
+	}
 	if err := h.checkManagedFields(); err != nil {
 		return err
 	}
@@ -169,7 +181,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.backends = h.pool.Backends()
-	if err := h.provisionRestarts(ctx, nil); err != nil {
+	if h.spawned != nil {
+		backends := h.backends
+		h.spawned.SetOnExit(func(i int, err error) { backends[i].Report(healthcheck.Gone, err) })
+	}
+	if err := h.provisionRestarts(ctx, builtin); err != nil {
 		return err
 	}
 
@@ -298,6 +314,9 @@ func (h *Handler) Cleanup() error {
 	}
 	if h.poolKey != "" {
 		releasePool(h.poolKey)
+	}
+	if h.spawned != nil {
+		spawn.Release(h.spawnCfg)
 	}
 	if h.ownsInner != nil {
 		_ = h.ownsInner.Cleanup()

@@ -6,8 +6,10 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/crashonly/caddy-failover/caddymodule/restart"
+	"github.com/crashonly/caddy-failover/caddymodule/spawn"
 	"github.com/crashonly/caddy-failover/healthcheck"
 )
 
@@ -67,3 +69,37 @@ func (h *Handler) validateRestarts() error {
 	}
 	return nil
 }
+
+// provisionSpawn starts (or, across a reload, joins) the built-in
+// supervisor's processes, whose addresses become the upstreams. It returns
+// the supervisor as a restarter.
+func (h *Handler) provisionSpawn() (restart.Restarter, error) {
+	if h.Spawn == nil {
+		return nil, nil
+	}
+	if len(h.Upstreams) > 0 {
+		return nil, fmt.Errorf("failover: spawn gives the upstreams (its ports or to); do not list them as well")
+	}
+	if err := h.Spawn.Validate(); err != nil {
+		return nil, fmt.Errorf("failover: %v", err)
+	}
+	for _, a := range h.Spawn.Addrs() {
+		h.Upstreams = append(h.Upstreams, &reverseproxy.Upstream{Dial: a})
+	}
+	g, err := spawn.Acquire(*h.Spawn, h.logger.Named("spawn"))
+	if err != nil {
+		return nil, fmt.Errorf("failover: spawn: %v", err)
+	}
+	h.spawned, h.spawnCfg = g, *h.Spawn
+	return spawnRestarter{g}, nil
+}
+
+// spawnRestarter restarts a spawned backend: kill its process group, start
+// it again. Exits it restarts by itself.
+type spawnRestarter struct{ g *spawn.Group }
+
+func (s spawnRestarter) Restart(ctx context.Context, t restart.Target) error {
+	return s.g.Restart(ctx, t.Index)
+}
+
+func (spawnRestarter) RestartsOnExit() bool { return true }

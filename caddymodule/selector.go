@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -49,20 +50,28 @@ func (s *selector) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ htt
 }
 
 // pick returns the next backend in service that st has not failed on, or -1.
+// A backend on probation (slow start) takes only its share of its turns,
+// unless nothing else is left.
 func (s *selector) pick(st *requestState) int {
 	backends := s.h.backends
 	n := len(backends)
 	i := int(s.next.Add(1) % uint64(n))
+	fallback := -1
 	for range n {
 		b := backends[i]
 		if b.InService() && !st.hasTried(i, b.Gen()) {
-			return i
+			if !b.InProbation() || rand.Float64() < b.Share(time.Now()) {
+				return i
+			}
+			if fallback < 0 {
+				fallback = i
+			}
 		}
 		if i++; i == n {
 			i = 0
 		}
 	}
-	return -1
+	return fallback
 }
 
 // hold waits, within the request's hold budget, until a backend enters
