@@ -96,8 +96,8 @@ func TestParseCaddyfile(t *testing.T) {
 		},
 		{
 			"signal number",
-			`restart signal /run/b.pid 9`,
-			`{"restarter": "signal", "pidfile": "/run/b.pid", "signal": "9"}`,
+			`restart signal /run/b-{port}.pid 9`,
+			`{"restarter": "signal", "pidfile": "/run/b-{port}.pid", "signal": "9"}`,
 			true,
 		},
 		{

@@ -14,7 +14,7 @@ func TestLoadModule(t *testing.T) {
 	for raw, want := range map[string]any{
 		`{"restarter": "http", "url": "http://127.0.0.1:1/r"}`:                &HTTP{},
 		`{"restarter": "exec", "command": "true"}`:                            &Exec{},
-		`{"restarter": "signal", "pidfile": "/run/b.pid", "signal": "TERM"}`:  &Signal{},
+		`{"restarter": "signal", "pidfile": "/run/b-{port}.pid", "signal": "TERM"}`:  &Signal{},
 		`{"restarter": "supervisord", "address": "/s.sock", "process": "b1"}`: &Supervisord{},
 	} {
 		r := mustLoad(t, raw)
@@ -25,7 +25,7 @@ func TestLoadModule(t *testing.T) {
 	h := mustLoad(t, `{"restarter": "http", "url": "http://127.0.0.1:1/r"}`).(*HTTP)
 	assert.Equal(t, "POST", h.Method)
 	assert.NotNil(t, h.client)
-	s := mustLoad(t, `{"restarter": "signal", "pidfile": "/run/b.pid", "signal": "hup"}`).(*Signal)
+	s := mustLoad(t, `{"restarter": "signal", "pidfile": "/run/b-{port}.pid", "signal": "hup"}`).(*Signal)
 	assert.EqualValues(t, 1, s.sig)
 	sv := mustLoad(t, `{"restarter": "supervisord", "address": "http://127.0.0.1:9001", "process": "b1"}`).(*Supervisord)
 	assert.Equal(t, "http://127.0.0.1:9001/RPC2", sv.url)
@@ -43,7 +43,7 @@ func TestLoadModuleErrors(t *testing.T) {
 		`{"restarter": "http", "url": "http://x", "method": "A B"}`:             `restart http: bad method "A B"`,
 		`{"restarter": "exec"}`:                                                 `restart exec: missing command`,
 		`{"restarter": "signal", "signal": "TERM"}`:                             `restart signal: missing pidfile`,
-		`{"restarter": "signal", "pidfile": "/run/b.pid", "signal": "BOGUS"}`:   `restart signal: bad signal "BOGUS"`,
+		`{"restarter": "signal", "pidfile": "/run/b-{port}.pid", "signal": "BOGUS"}`:   `restart signal: bad signal "BOGUS"`,
 		`{"restarter": "supervisord", "process": "b1"}`:                         `restart supervisord: missing address`,
 		`{"restarter": "supervisord", "address": "/s.sock"}`:                    `restart supervisord: missing process name`,
 		`{"restarter": "supervisord", "address": "gopher://x", "process": "b"}`: `restart supervisord: bad address "gopher://x"`,

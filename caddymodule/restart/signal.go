@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -61,7 +62,23 @@ func (s *Signal) Provision(caddy.Context) error {
 
 // Validate checks that there is a pidfile and a known signal.
 func (s *Signal) Validate() error {
-	return s.validate()
+	if err := s.validate(); err != nil {
+		return err
+	}
+	// at load (not when adapting, maybe elsewhere), what can be checked before a backend is named: a pidfile without
+	// placeholders must be readable now, a directory without them must exist
+	if !strings.Contains(s.Pidfile, "{") {
+		f, err := os.Open(s.Pidfile)
+		if err != nil {
+			return fmt.Errorf("restart signal: pidfile %q is not readable: %v", s.Pidfile, err)
+		}
+		f.Close()
+	} else if dir := filepath.Dir(s.Pidfile); !strings.Contains(dir, "{") {
+		if _, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("restart signal: pidfile %q: its directory is not there: %v", s.Pidfile, err)
+		}
+	}
+	return nil
 }
 
 func (s *Signal) validate() error {

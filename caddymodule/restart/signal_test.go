@@ -84,7 +84,7 @@ func TestSignalErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, pidfile, want string
 	}{
-		{"missing", filepath.Join(dir, "none.pid"), "reading pidfile: open " + filepath.Join(dir, "none.pid") + ": no such file or directory"},
+		{"missing", filepath.Join(dir, "none-{port}.pid"), "reading pidfile: open " + filepath.Join(dir, "none-9102.pid") + ": no such file or directory"},
 		{"directory", dir, "reading pidfile " + dir},
 		{"empty", write("empty.pid", "\n"), "is empty"},
 		{"garbage", write("garbage.pid", "twelve\n"), `"twelve" is not a process id`},
@@ -101,6 +101,17 @@ func TestSignalErrors(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.want)
 			assert.Contains(t, err.Error(), "127.0.0.1:9102")
 		})
+	}
+}
+
+// What can be checked at load (caddy validate) is: a pidfile without
+// placeholders that cannot be read, a pidfile directory that is not there.
+func TestSignalPidfileCheckedAtLoad(t *testing.T) {
+	dir := t.TempDir()
+	for _, pidfile := range []string{filepath.Join(dir, "none.pid"), filepath.Join(dir, "nodir", "b-{port}.pid")} {
+		_, err := load(t, mustJSON(t, map[string]string{"restarter": "signal", "pidfile": pidfile}))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), strconv.Quote(pidfile))
 	}
 }
 
