@@ -1,16 +1,20 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"io"
 	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/crashonly/caddy-failover/caddymodule"
 	"github.com/crashonly/caddy-failover/cmd/internal/chaos"
 )
 
@@ -106,4 +110,74 @@ func benchGET(b *testing.B, url string) {
 		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 	}
+}
+
+// BenchmarkHangToRestart measures, under the built-in supervisor with
+// default settings, the time from SIGSTOP of a backend to the restart
+// request (the engine's transition to restarting), and on to serving again:
+//
+//	go test -run XXX -bench HangToRestart -benchtime 10x ./cmd/caddy
+func BenchmarkHangToRestart(b *testing.B) {
+	ports, err := chaos.FreePorts(5)
+	if err != nil {
+		b.Fatal(err)
+	}
+	admin := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	var addrs []string
+	for _, p := range ports[2:] {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", p))
+	}
+	block := fmt.Sprintf("failover {\n\thealth_uri /health\n\tspawn %s -addr {backend} {\n\t\tto %s\n\t}\n}", backendBin, strings.Join(addrs, " "))
+	c, err := chaos.StartCaddy(b.Context(), caddyBin, chaos.Caddyfile(admin, ports[1], block), filepath.Join(b.TempDir(), "caddy"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	var toRestart, toServing []time.Duration
+	for i := 0; i < b.N; i++ {
+		victim := i % len(addrs)
+		healthy := func(p caddymodule.PoolStatus) bool {
+			for _, bk := range p.Backends {
+				if bk.State.String() != "healthy" {
+					return false
+				}
+			}
+			return true
+		}
+		waitPoolB(b, admin, healthy)
+		pid := backendPid(addrs[victim])
+		// a random phase within the heartbeat interval
+		time.Sleep(time.Duration(rand.IntN(250)) * time.Millisecond)
+		stopped := time.Now()
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			b.Fatal(err)
+		}
+		p := waitPoolB(b, admin, func(p caddymodule.PoolStatus) bool { return p.Backends[victim].State.String() == "restarting" })
+		toRestart = append(toRestart, p.Backends[victim].Since.Sub(stopped))
+		p = waitPoolB(b, admin, func(p caddymodule.PoolStatus) bool { return p.Backends[victim].State.String() == "healthy" })
+		toServing = append(toServing, p.Backends[victim].Since.Sub(stopped))
+	}
+	slices.Sort(toRestart)
+	slices.Sort(toServing)
+	b.ReportMetric(float64(toRestart[len(toRestart)/2].Milliseconds()), "ms-to-restart-p50")
+	b.ReportMetric(float64(toRestart[len(toRestart)*9/10].Milliseconds()), "ms-to-restart-p90")
+	b.ReportMetric(float64(toServing[len(toServing)/2].Milliseconds()), "ms-to-serving-p50")
+}
+
+func waitPoolB(b *testing.B, admin string, cond func(caddymodule.PoolStatus) bool) caddymodule.PoolStatus {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		res, err := http.Get("http://" + admin + "/failover/pools")
+		if err == nil {
+			var ps []caddymodule.PoolStatus
+			err = json.NewDecoder(res.Body).Decode(&ps)
+			res.Body.Close()
+			if err == nil && len(ps) == 1 && cond(ps[0]) {
+				return ps[0]
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	b.Fatal("pool never reached the awaited state")
+	return caddymodule.PoolStatus{}
 }
