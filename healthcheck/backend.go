@@ -59,6 +59,9 @@ func (b *Backend) InService() bool { return b.inService.Load() }
 // Gen is the number of times b has been admitted to service.
 func (b *Backend) Gen() uint64 { return b.gen.Load() }
 
+// InProbation reports whether b is ramping up after a readmission.
+func (b *Backend) InProbation() bool { return b.probation.Load() != 0 }
+
 // Share is the part of its round-robin turns b takes now: 1, but less
 // during probation (slow start), ramping linearly from 10%.
 func (b *Backend) Share(now time.Time) float64 {
