@@ -33,9 +33,9 @@ import (
 
 // BenchmarkSelect is one attempt's selection, (*selector).Select, over n
 // backends: all in service; half ejected, every other one (the scan finds
-// one in at most two steps); and half ejected in one contiguous block (the
-// worst layout for a round-robin scan: a pick that lands in the block walks
-// through it).
+// one in at most two steps); half ejected in one contiguous block (a pick
+// that lands in the block walks through it); and all but one ejected (the
+// worst case: a scan of n/2 on average).
 func BenchmarkSelect(b *testing.B) {
 	for _, n := range []int{3, 100, 1000} {
 		for _, layout := range []struct {
@@ -45,6 +45,7 @@ func BenchmarkSelect(b *testing.B) {
 			{"healthy", func(int) bool { return true }},
 			{"half-ejected-interleaved", func(i int) bool { return i%2 == 0 }},
 			{"half-ejected-block", func(i int) bool { return i >= n/2 }},
+			{"one-in-service", func(i int) bool { return i == n-1 }},
 		} {
 			b.Run(fmt.Sprintf("n=%d/%s", n, layout.name), func(b *testing.B) {
 				h, upstreams := selectionHandler(b, n, layout.in)

@@ -91,13 +91,27 @@ func (pr *prober) jitter(d time.Duration) time.Duration {
 	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
 }
 
+// onGrid moves the end of a wait of d to the nearest point of a grid that
+// all probers share (a tenth of the interval, at most 25ms: no coarser than
+// the jitter), so that beats due close together share one wake-up of the
+// process: per beat, a wake-up (a context switch, dear on a VM) costs more
+// than the beat itself.
+func (pr *prober) onGrid(d time.Duration) time.Duration {
+	g := min(pr.cfg.Interval/10, 25*time.Millisecond)
+	if g <= 0 {
+		return d
+	}
+	now := time.Now()
+	return max(now.Add(d).Round(g).Sub(now), 0)
+}
+
 // sleep waits d, or less when the connection closes (crash watch) or a beat
 // is asked for. It returns false when the pool stops.
 func (pr *prober) sleep(d time.Duration) bool {
 	if d <= 0 {
 		return pr.p.ctx.Err() == nil
 	}
-	pr.timer.Reset(d)
+	pr.timer.Reset(pr.onGrid(d))
 	defer pr.timer.Stop()
 	for {
 		var closed <-chan readResult
