@@ -12,10 +12,10 @@ import (
 // `caddy:"namespace=failover.restarters inline_key=restarter"`.
 func TestLoadModule(t *testing.T) {
 	for raw, want := range map[string]any{
-		`{"restarter": "http", "url": "http://127.0.0.1:1/r"}`:                &HTTP{},
-		`{"restarter": "exec", "command": "true"}`:                            &Exec{},
-		`{"restarter": "signal", "pidfile": "/run/b-{port}.pid", "signal": "TERM"}`:  &Signal{},
-		`{"restarter": "supervisord", "address": "/s.sock", "process": "b1"}`: &Supervisord{},
+		`{"restarter": "http", "url": "http://127.0.0.1:1/r"}`:                      &HTTP{},
+		`{"restarter": "exec", "command": "true"}`:                                  &Exec{},
+		`{"restarter": "signal", "pidfile": "/run/b-{port}.pid", "signal": "TERM"}`: &Signal{},
+		`{"restarter": "supervisord", "address": "/s.sock", "process": "b1"}`:       &Supervisord{},
 	} {
 		r := mustLoad(t, raw)
 		assert.IsType(t, want, r, raw)
@@ -37,17 +37,17 @@ func TestLoadModule(t *testing.T) {
 
 func TestLoadModuleErrors(t *testing.T) {
 	for raw, want := range map[string]string{
-		`{"restarter": "bogus"}`:                                                `unknown module: failover.restarters.bogus`,
-		`{"restarter": "http"}`:                                                 `restart http: missing URL`,
-		`{"restarter": "http", "url": "tcp://x"}`:                               `restart http: bad URL "tcp://x"`,
-		`{"restarter": "http", "url": "http://x", "method": "A B"}`:             `restart http: bad method "A B"`,
-		`{"restarter": "exec"}`:                                                 `restart exec: missing command`,
-		`{"restarter": "signal", "signal": "TERM"}`:                             `restart signal: missing pidfile`,
-		`{"restarter": "signal", "pidfile": "/run/b-{port}.pid", "signal": "BOGUS"}`:   `restart signal: bad signal "BOGUS"`,
-		`{"restarter": "supervisord", "process": "b1"}`:                         `restart supervisord: missing address`,
-		`{"restarter": "supervisord", "address": "/s.sock"}`:                    `restart supervisord: missing process name`,
-		`{"restarter": "supervisord", "address": "gopher://x", "process": "b"}`: `restart supervisord: bad address "gopher://x"`,
-		`{"restarter": "exec", "command": "true", "timeout": "soon"}`:           `soon`,
+		`{"restarter": "bogus"}`:                                                     `unknown module: failover.restarters.bogus`,
+		`{"restarter": "http"}`:                                                      `restart http: missing URL`,
+		`{"restarter": "http", "url": "tcp://x"}`:                                    `restart http: bad URL "tcp://x"`,
+		`{"restarter": "http", "url": "http://x", "method": "A B"}`:                  `restart http: bad method "A B"`,
+		`{"restarter": "exec"}`:                                                      `restart exec: missing command`,
+		`{"restarter": "signal", "signal": "TERM"}`:                                  `restart signal: missing pidfile`,
+		`{"restarter": "signal", "pidfile": "/run/b-{port}.pid", "signal": "BOGUS"}`: `restart signal: bad signal "BOGUS"`,
+		`{"restarter": "supervisord", "process": "b1"}`:                              `restart supervisord: missing address`,
+		`{"restarter": "supervisord", "address": "/s.sock"}`:                         `restart supervisord: missing process name`,
+		`{"restarter": "supervisord", "address": "gopher://x", "process": "b"}`:      `restart supervisord: bad address "gopher://x"`,
+		`{"restarter": "exec", "command": "true", "timeout": "soon"}`:                `soon`,
 	} {
 		_, err := load(t, raw)
 		require.Error(t, err, raw)
