@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -22,7 +21,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/crashonly/caddy-failover/caddymodule"
 	"github.com/crashonly/caddy-failover/cmd/internal/chaos"
 )
 
@@ -55,7 +53,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// rig is a pool of example backends behind a real Caddy.
+// rig is a pool of example backends behind a real Caddy: chaos.Rig, the
+// one the demo uses, bound to a test. A rig made as a literal (over backends
+// run by something else, say supervisord) gets its chaos.Rig on first use.
 type rig struct {
 	t        *testing.T
 	dir      string
@@ -66,36 +66,46 @@ type rig struct {
 	admin    string
 	port     int
 	client   *http.Client
+	shared   *chaos.Rig
 }
 
 func newRig(t *testing.T, n int) *rig {
 	if testing.Short() {
 		t.Skip("end-to-end: builds and runs Caddy")
 	}
-	ports, err := chaos.FreePorts(n + 2)
+	cr, err := chaos.NewRig(t.Context(), chaos.RigConfig{CaddyBin: caddyBin, BackendBin: backendBin, Dir: t.TempDir(), Backends: n})
 	require.NoError(t, err)
-	r := &rig{t: t, dir: t.TempDir(), admin: fmt.Sprintf("127.0.0.1:%d", ports[0]), port: ports[1]}
-	r.records = filepath.Join(r.dir, "orders.log")
-	r.client = &http.Client{Timeout: 30 * time.Second}
-	for i, p := range ports[2:] {
-		b, err := chaos.StartBackend(t.Context(), chaos.BackendConfig{
-			Bin: backendBin, Addr: fmt.Sprintf("127.0.0.1:%d", p), ID: fmt.Sprintf("b%d", i+1), Records: r.records,
-		})
-		require.NoError(t, err)
-		t.Cleanup(func() { b.Close() })
-		r.backends = append(r.backends, b)
-		r.addrs = append(r.addrs, b.Config().Addr)
+	t.Cleanup(func() { cr.Close() })
+	return &rig{
+		t: t, dir: cr.Dir(), records: cr.Records(), backends: cr.Backends(), addrs: cr.Addrs(),
+		admin: cr.Admin(), port: cr.Port(), client: &http.Client{Timeout: 30 * time.Second}, shared: cr,
 	}
-	return r
 }
 
+// chaosRig is the shared rig; for a literal rig, one over r.addrs.
+func (r *rig) chaosRig() *chaos.Rig {
+	if r.shared == nil {
+		cr, err := chaos.NewRig(r.t.Context(), chaos.RigConfig{
+			CaddyBin: caddyBin, Dir: r.dir, External: r.addrs, Admin: r.admin, Port: r.port,
+		})
+		require.NoError(r.t, err)
+		r.t.Cleanup(func() { cr.Close() })
+		r.shared = cr
+		r.admin, r.port = cr.Admin(), cr.Port()
+	}
+	return r.shared
+}
+
+// caddyfile is the whole Caddyfile for a site block; {{upstreams}} in it
+// is the backends' addresses.
 func (r *rig) caddyfile(block string) string {
-	block = strings.ReplaceAll(block, "{{upstreams}}", strings.Join(r.addrs, " "))
-	return chaos.Caddyfile(r.admin, r.port, block)
+	text, err := r.chaosRig().Caddyfile(block)
+	require.NoError(r.t, err)
+	return text
 }
 
 func (r *rig) start(block string) {
-	c, err := chaos.StartCaddy(r.t.Context(), caddyBin, r.caddyfile(block), filepath.Join(r.dir, "caddy"))
+	c, err := r.chaosRig().StartCaddy(r.t.Context(), block)
 	require.NoError(r.t, err)
 	r.t.Cleanup(func() {
 		c.Close()
@@ -106,40 +116,21 @@ func (r *rig) start(block string) {
 	r.caddy = c
 }
 
-func (r *rig) url(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", r.port, path) }
+func (r *rig) url(path string) string { return r.chaosRig().URL(path) }
 
 // pools reads the admin API.
-func (r *rig) pools() []caddymodule.PoolStatus {
-	res, err := http.Get("http://" + r.admin + "/failover/pools")
+func (r *rig) pools() []chaos.PoolStatus {
+	out, err := r.chaosRig().Pools(r.t.Context())
 	require.NoError(r.t, err)
-	defer res.Body.Close()
-	var out []caddymodule.PoolStatus
-	require.NoError(r.t, json.NewDecoder(res.Body).Decode(&out))
 	return out
 }
 
 // waitStates polls the admin API (bounded) until every backend is in the
 // given state ("" matches any).
-func (r *rig) waitStates(d time.Duration, want ...string) caddymodule.PoolStatus {
-	deadline := time.Now().Add(d)
-	for {
-		ps := r.pools()
-		if len(ps) == 1 && len(ps[0].Backends) == len(want) {
-			ok := true
-			for i, b := range ps[0].Backends {
-				if want[i] != "" && b.State.String() != want[i] {
-					ok = false
-				}
-			}
-			if ok {
-				return ps[0]
-			}
-		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("backends never reached %v; pools: %+v", want, ps)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+func (r *rig) waitStates(d time.Duration, want ...string) chaos.PoolStatus {
+	ps, err := r.chaosRig().WaitStates(r.t.Context(), d, want...)
+	require.NoError(r.t, err)
+	return ps
 }
 
 func (r *rig) get(path string) (int, string, http.Header, error) {
@@ -178,7 +169,7 @@ func TestChaosNoFailedGETsNoDoublePOSTs(t *testing.T) {
 	r.start("failover {{upstreams}} {\n\thealth_uri /health\n}")
 	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
 
-	sup := chaos.StartSupervisor(r.backends, chaos.SupervisorConfig{})
+	sup := r.chaosRig().StartSupervisor(chaos.SupervisorConfig{})
 	defer sup.Stop()
 	inj := &chaos.Injector{Backends: r.backends, HangFor: time.Second}
 	faults := []chaos.Fault{

@@ -1,29 +1,41 @@
 // Command failover-demo shows what clients see when crash-only backends
 // crash, hang and all go down at once behind Caddy.
 //
-//	go run ./cmd/failover-demo
+//	go run ./cmd/failover-demo            # failover only
+//	go run ./cmd/failover-demo -compare   # the same scenario through stock reverse_proxy too
 //
 // It builds ./cmd/caddy and ./examples/backend into a temporary directory,
 // starts the backends on free loopback ports (with a supervisor stand-in that
 // restarts an exited backend after 100ms, like systemd's RestartSec), starts
 // Caddy in front of them with the `failover` directive, then runs a closed-loop
 // load (GET /work and POST /order) while it injects a seeded, reproducible
-// schedule of faults. It prints every fault and restart as it happens, a
-// progress line every second and, at the end, a report: failures by kind,
-// latency, the longest time without a successful answer, and how many orders
-// were executed twice (an unsafe replay) or executed although the client saw
-// a failure.
+// schedule of faults: crash (SIGKILL), hang (SIGSTOP, then SIGKILL after
+// -hang-for) and outage (every backend SIGKILLed at once).
 //
-// Compare with Caddy's stock proxy:
+// While it runs it prints every fault and restart as it happens and, on a
+// terminal, a block that shows every backend's state (the proxy's view, read
+// from Caddy's admin API every 10ms, and the process's) and the running
+// counts, redrawn in place; when the output is not a terminal, a progress
+// line every second instead. At the end it prints the report: failures by
+// kind, status and method, the success ratio in nines, latency, the longest
+// time without a successful answer, how many orders were executed twice (an
+// unsafe replay) or executed although the client saw a failure, and how long
+// the proxy took to take a crashed or hung backend out of service.
 //
-//	go run ./cmd/failover-demo -directive 'reverse_proxy {{.Upstreams}}'
+// With -compare it runs the same scenario (same seed, faults and load, fresh
+// backends and records) a second time through stock reverse_proxy set up
+// with its best failover settings (-stock-directive), prints both Caddyfile
+// blocks and both reports side by side with ratios.
 //
-// The exit status is 0 whatever the clients saw; it is non-zero only when the
-// demo could not be set up. Every process it started is killed on exit and on
-// Ctrl-C.
+// It writes an HTML report with a timeline chart of every run (-html) and,
+// with -json, the raw figures. The exit status is 0 whatever the clients saw;
+// it is non-zero only when the demo could not be set up. Every process it
+// started is killed on exit and on Ctrl-C.
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,37 +45,106 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
-	"text/template"
 	"time"
 
 	"github.com/crashonly/caddy-failover/cmd/internal/chaos"
 )
 
+// stockDirective is stock reverse_proxy with its best failover settings for
+// this scenario (Caddy v2.11.9; read in modules/caddyhttp/reverseproxy, and
+// tuned by running this demo with -directive set to variants of it):
+//
+//   - lb_policy round_robin: failover rotates too; random may pick the
+//     backend that just failed again (passive checks then catch it).
+//   - lb_try_duration 10s: hold requests while no upstream is available, as
+//     long as failover's default hold. Without it (or lb_retries) stock does
+//     not retry at all.
+//   - lb_try_interval 10ms: the poll while none is available, and also a
+//     pause after every failed attempt even when a peer is up, so small is
+//     better; 8 held clients polling every 10ms cost nothing.
+//   - lb_retries 1000: only a cap, never reached before lb_try_duration
+//     (10s / 10ms); every poll counts as a retry, so a small cap would end
+//     holds early during a total outage.
+//   - lb_retry_match method GET HEAD OPTIONS TRACE PUT DELETE: replay
+//     idempotent requests after errors other than dial errors (a crash
+//     mid-request, the response header timeout). Dial errors are retried for
+//     every method anyway. Once lb_retry_match is set GET is no longer
+//     retried implicitly (tryAgain: only a nil RetryMatch retries GET by
+//     default), so GET must be listed. POST is not: replaying it is unsafe
+//     (RFC 9110 §9.2.2), and failover does not replay it either.
+//   - health_uri /health, health_interval 250ms, health_timeout 200ms,
+//     health_fails 2, health_passes 1: failover's heartbeat settings. One
+//     failed probe (fails 1) would let a single slow probe on a busy machine
+//     eject a healthy backend, with no guard against ejecting them all; it
+//     did not help in runs of this scenario.
+//   - fail_duration 250ms, max_fails 1: one failed request takes an upstream
+//     out at once, for 250ms. Longer keeps restarted backends out: with 1s
+//     every total outage stalls clients for a second; shorter lets the active
+//     check mark them down, and recovery then waits for its next probe.
+//   - dial_timeout 200ms: a dead local process refuses at once; a dial only
+//     waits on a frozen process's full backlog. (The default is 3s.)
+//   - response_header_timeout 250ms: a hung backend holds a request until
+//     this fires (there is no default); then it counts as a passive failure
+//     and GETs are retried. 50 times the 5ms of work and about 10 times the
+//     loaded p99 here; lower cuts off slow but good answers (a POST then
+//     fails although it may run).
+//   - no unhealthy_latency (a slow answer is still an answer; the timeout
+//     covers hangs) and no request_buffers (only POST has a body, and it is
+//     replayed only after a dial error, which works unbuffered).
+const stockDirective = `reverse_proxy {{upstreams}} {
+	lb_policy round_robin
+	lb_try_duration 10s
+	lb_try_interval 10ms
+	lb_retries 1000
+	lb_retry_match {
+		method GET HEAD OPTIONS TRACE PUT DELETE
+	}
+	health_uri /health
+	health_interval 250ms
+	health_timeout 200ms
+	health_fails 2
+	health_passes 1
+	fail_duration 250ms
+	max_fails 1
+	transport http {
+		dial_timeout 200ms
+		response_header_timeout 250ms
+	}
+}`
+
 type config struct {
-	Duration    time.Duration `json:"duration_ns"`
-	Backends    int           `json:"backends"`
-	Concurrency int           `json:"concurrency"`
-	Faults      []string      `json:"faults"`
-	Every       time.Duration `json:"every_ns"`
-	HangFor     time.Duration `json:"hang_for_ns"`
-	RestartSec  time.Duration `json:"restart_sec_ns"`
-	Seed        int64         `json:"seed"`
-	PostRatio   float64       `json:"post_ratio"`
-	WorkMs      int           `json:"work_ms"`
-	Timeout     time.Duration `json:"timeout_ns"`
-	Directive   string        `json:"directive"`
-	JSON        string        `json:"-"`
-	Keep        bool          `json:"-"`
+	Duration       time.Duration `json:"duration_ns"`
+	Backends       int           `json:"backends"`
+	Concurrency    int           `json:"concurrency"`
+	Faults         []string      `json:"faults"`
+	Every          time.Duration `json:"every_ns"`
+	HangFor        time.Duration `json:"hang_for_ns"`
+	RestartSec     time.Duration `json:"restart_sec_ns"`
+	Seed           int64         `json:"seed"`
+	PostRatio      float64       `json:"post_ratio"`
+	WorkMs         int           `json:"work_ms"`
+	Timeout        time.Duration `json:"timeout_ns"`
+	Poll           time.Duration `json:"poll_ns"`
+	Warmup         time.Duration `json:"warmup_ns"`
+	Directive      string        `json:"directive"`
+	StockDirective string        `json:"stock_directive,omitempty"`
+	Compare        bool          `json:"compare"`
+	JSON           string        `json:"-"`
+	HTML           string        `json:"-"`
+	Keep           bool          `json:"-"`
+	Plain          bool          `json:"-"`
 }
 
 func main() {
 	var cfg config
 	var faults string
-	flag.DurationVar(&cfg.Duration, "duration", 20*time.Second, "how long the load runs")
+	flag.DurationVar(&cfg.Duration, "duration", 20*time.Second, "how long the load runs (per proxy)")
 	flag.IntVar(&cfg.Backends, "backends", 3, "number of backends")
 	flag.IntVar(&cfg.Concurrency, "concurrency", 8, "closed-loop clients")
 	flag.StringVar(&faults, "faults", "crash,hang,outage", "comma-separated fault kinds (crash, hang, outage); empty: none")
@@ -74,13 +155,22 @@ func main() {
 	flag.Float64Var(&cfg.PostRatio, "post-ratio", 0.2, "share of requests that are POST /order (not idempotent)")
 	flag.IntVar(&cfg.WorkMs, "work-ms", 5, "milliseconds each GET /work takes in the backend")
 	flag.DurationVar(&cfg.Timeout, "timeout", 15*time.Second, "client timeout per request")
-	flag.StringVar(&cfg.Directive, "directive", "failover {{.Upstreams}}",
-		"the site block, a Go template: {{.Upstreams}} is \"127.0.0.1:P1 127.0.0.1:P2 …\", {{.Addrs}} the list")
-	flag.StringVar(&cfg.JSON, "json", "", "also write the report, faults and restarts as JSON to this `file`")
-	flag.BoolVar(&cfg.Keep, "keep", false, "keep the work directory (Caddyfile, Caddy log, order records)")
+	flag.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "unmeasured GET load before each run, so that every proxy starts warm")
+	flag.DurationVar(&cfg.Poll, "poll", 10*time.Millisecond, "how often to read the proxy's backend states from Caddy's admin API; 0: never (no states, no eject latencies)")
+	flag.StringVar(&cfg.Directive, "directive", "failover {{upstreams}}",
+		"the site block, a Go template: {{upstreams}} is \"127.0.0.1:P1 127.0.0.1:P2 …\" ({{.Upstreams}} too), {{.Addrs}} the list")
+	flag.BoolVar(&cfg.Compare, "compare", false, "run the same scenario through stock reverse_proxy (-stock-directive) too, and compare")
+	flag.StringVar(&cfg.StockDirective, "stock-directive", stockDirective, "the site block of the -compare run")
+	flag.StringVar(&cfg.JSON, "json", "", "also write the runs (config, reports, faults, restarts, transitions, timelines) as JSON to this `file`")
+	flag.StringVar(&cfg.HTML, "html", filepath.Join(os.TempDir(), "failover-demo-report.html"), "write the HTML report to this `file`; empty: none")
+	flag.BoolVar(&cfg.Keep, "keep", false, "keep the work directory (Caddyfiles, Caddy logs, order records)")
+	flag.BoolVar(&cfg.Plain, "plain", false, "plain lines even on a terminal (no live view)")
 	flag.Parse()
 	if faults != "" {
 		cfg.Faults = strings.Split(faults, ",")
+	}
+	if !cfg.Compare {
+		cfg.StockDirective = ""
 	}
 	if err := validate(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "failover-demo:", err)
@@ -110,31 +200,20 @@ func validate(cfg config) error {
 		return errors.New("-duration and -every must be positive")
 	case cfg.PostRatio < 0 || cfg.PostRatio > 1:
 		return errors.New("-post-ratio must be in [0, 1]")
+	case cfg.Poll < 0 || cfg.Warmup < 0:
+		return errors.New("-poll and -warmup must not be negative")
 	}
 	return chaos.ValidateKinds(cfg.Faults)
 }
 
-// printer serializes the timeline lines printed from several goroutines.
-type printer struct {
-	mu    sync.Mutex
-	start time.Time // the load's start; zero before it
+// isTerminal reports whether f is a character device (a terminal).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-func (p *printer) line(at time.Time, format string, args ...any) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	prefix := "        "
-	if !p.start.IsZero() {
-		prefix = fmt.Sprintf("%+7.3fs", at.Sub(p.start).Seconds())
-	}
-	fmt.Printf(prefix+"  "+format+"\n", args...)
-}
-
-func (p *printer) setStart(t time.Time) {
-	p.mu.Lock()
-	p.start = t
-	p.mu.Unlock()
-}
+// proxy is one run to make: a name and a site block.
+type proxy struct{ name, block string }
 
 func run(ctx context.Context, cfg config) error {
 	dir, err := os.MkdirTemp("", "failover-demo-")
@@ -146,9 +225,8 @@ func run(ctx context.Context, cfg config) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	out := &printer{}
+	view := newLive(os.Stdout, isTerminal(os.Stdout) && !cfg.Plain)
 
-	// Build.
 	fmt.Println("building ./cmd/caddy and ./examples/backend (the first build of Caddy takes a minute or two)")
 	caddyBin, backendBin := filepath.Join(dir, "bin", "caddy"), filepath.Join(dir, "bin", "backend")
 	var caddyErr error
@@ -160,174 +238,237 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 
-	// Backends.
-	ports, err := chaos.FreePorts(cfg.Backends + 2)
-	if err != nil {
-		return err
-	}
-	adminPort, sitePort, backendPorts := ports[0], ports[1], ports[2:]
-	records := filepath.Join(dir, "orders.log")
-	backends := make([]*chaos.Backend, 0, cfg.Backends)
-	defer func() {
-		for _, b := range backends {
-			b.Close()
+	proxies := []proxy{{name: nameOf(cfg.Directive, "proxy"), block: cfg.Directive}}
+	if cfg.Compare {
+		name := nameOf(cfg.StockDirective, "stock")
+		if name == proxies[0].name {
+			name += " (2)"
 		}
-	}()
-	var addrs []string
-	for i, port := range backendPorts {
-		b, err := chaos.StartBackend(ctx, chaos.BackendConfig{
-			Bin:     backendBin,
-			Addr:    fmt.Sprintf("127.0.0.1:%d", port),
-			ID:      fmt.Sprintf("b%d", i+1),
-			Records: records,
-		})
-		if err != nil {
-			return err
-		}
-		backends = append(backends, b)
-		addrs = append(addrs, b.Config().Addr)
-		out.line(time.Now(), "backend %s on %s, pid %d", b.Config().ID, b.Config().Addr, b.Pid())
-	}
-
-	// Caddy.
-	tmpl, err := template.New("directive").Option("missingkey=error").Parse(cfg.Directive)
-	if err != nil {
-		return fmt.Errorf("-directive: %w", err)
-	}
-	var block strings.Builder
-	if err := tmpl.Execute(&block, map[string]any{"Upstreams": strings.Join(addrs, " "), "Addrs": addrs}); err != nil {
-		return fmt.Errorf("-directive: %w", err)
-	}
-	caddyfile := chaos.Caddyfile(fmt.Sprintf("127.0.0.1:%d", adminPort), sitePort, block.String())
-	caddy, err := chaos.StartCaddy(ctx, caddyBin, caddyfile, filepath.Join(dir, "caddy"))
-	if err != nil {
-		return err
-	}
-	defer caddy.Close() // crash-only all the way: no graceful stop needed
-	out.line(time.Now(), "caddy on %s, pid %d, site block: %s", caddy.URL(), caddy.Pid(), strings.Join(strings.Fields(block.String()), " "))
-	if err := warmUp(ctx, caddy.URL()); err != nil {
-		return fmt.Errorf("%w\ncaddy log:\n%s", err, tailString(caddy.Logs(), 2000))
-	}
-
-	// Supervisor, faults, load.
-	idOf := func(i int) string {
-		if i < 0 {
-			return "all"
-		}
-		return backends[i].Config().ID
-	}
-	sup := chaos.StartSupervisor(backends, chaos.SupervisorConfig{
-		RestartSec: cfg.RestartSec,
-		OnRestart: func(ev chaos.RestartEvent) {
-			if ev.Err != "" {
-				out.line(ev.Time, "restart %s failed: %s", ev.ID, ev.Err)
-				return
-			}
-			out.line(ev.Time, "restart %s: pid %d -> %d (down %v)", ev.ID, ev.OldPid, ev.NewPid, ev.Time.Sub(ev.ExitedAt).Round(time.Millisecond))
-		},
-	})
-	defer sup.Stop()
-	inj := &chaos.Injector{
-		Backends: backends,
-		HangFor:  cfg.HangFor,
-		OnFault: func(ev chaos.FaultEvent) {
-			msg := fmt.Sprintf("fault   %-6s %-3s %s pid %v", ev.Kind, idOf(ev.Backend), ev.Action, ev.Pids)
-			if ev.Err != "" {
-				msg += " (" + ev.Err + ")"
-			}
-			out.line(ev.Time, "%s", msg)
-		},
+		proxies = append(proxies, proxy{name: name, block: cfg.StockDirective})
 	}
 	plan := chaos.Schedule(cfg.Seed, cfg.Duration, cfg.Backends, cfg.Faults, cfg.Every)
 	if len(cfg.Faults) == 0 {
 		plan = nil
 	}
-	fmt.Printf("load: %d clients for %v, %.0f%% POST; %d faults (%s), one every %v, seed %d\n",
+	fmt.Printf("load: %d clients for %v per proxy, %.0f%% POST; %d faults (%s), one every %v, seed %d\n",
 		cfg.Concurrency, cfg.Duration, 100*cfg.PostRatio, len(plan), strings.Join(cfg.Faults, ","), cfg.Every, cfg.Seed)
 
-	var done, failed atomic.Int64
-	var kinds sync.Map // error kind -> *atomic.Int64
-	onResult := func(r chaos.Request) {
-		done.Add(1)
-		if !r.OK() && r.Err != chaos.ErrCanceled {
-			failed.Add(1)
-			c, _ := kinds.LoadOrStore(r.Err, new(atomic.Int64))
-			c.(*atomic.Int64).Add(1)
+	var runs []*chaos.Run
+	for i, p := range proxies {
+		if ctx.Err() != nil {
+			break
 		}
+		if len(proxies) > 1 {
+			fmt.Printf("\n=== run %d of %d: %s\n", i+1, len(proxies), p.name)
+		}
+		r, err := runScenario(ctx, cfg, view, p, plan, caddyBin, backendBin, filepath.Join(dir, fmt.Sprintf("run%d", i+1)))
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		runs = append(runs, r)
 	}
-	injCtx, stopInj := context.WithCancel(ctx)
-	defer stopInj()
-	start := time.Now()
-	out.setStart(start)
-	var bg sync.WaitGroup
-	bg.Go(func() { inj.Run(injCtx, plan) })
-	bg.Go(func() { progress(injCtx, out, &done, &failed, &kinds) })
-
-	res := chaos.RunLoad(ctx, chaos.LoadConfig{
-		URL:         caddy.URL(),
-		Concurrency: cfg.Concurrency,
-		Duration:    cfg.Duration,
-		PostRatio:   cfg.PostRatio,
-		Seed:        cfg.Seed,
-		Timeout:     cfg.Timeout,
-		WorkMs:      cfg.WorkMs,
-		OnResult:    onResult,
-	})
-	stopInj() // kills a backend still hung now
-	bg.Wait()
-	sup.Stop()
-
-	rep, err := chaos.Analyze(res, records)
-	if err != nil {
-		return err
+	if len(runs) == 0 {
+		return ctx.Err()
 	}
-	events, restarts := inj.Events(), sup.Restarts()
-	fmt.Printf("\n%s (%d faults applied, %d restarts)\n%s", strings.Join(strings.Fields(block.String()), " "), countFaults(events), len(restarts), rep)
+
+	fmt.Println()
+	for _, r := range runs {
+		fmt.Printf("%s, the site block used:\n%s\n\n", r.Name, indent(r.Block))
+	}
+	if len(runs) == 1 {
+		r := runs[0]
+		fmt.Printf("%s (%d faults applied, %d restarts)\n%s", r.Name, r.Report.FaultsApplied, r.Report.Restarts, r.Report)
+	} else {
+		var names []string
+		var reps []chaos.Report
+		for _, r := range runs {
+			names, reps = append(names, r.Name), append(reps, r.Report)
+		}
+		fmt.Print(chaos.FormatTable(names, chaos.SummaryRows(reps), "ratio"))
+		fmt.Printf("ratio: %s / %s. crash/hang → eject: from the signal to the proxy taking the backend out of service\n", names[0], names[1])
+		fmt.Printf("(failover: the engine's own time, from its admin API; reverse_proxy: its first passive failure, seen by\n")
+		fmt.Printf("polling its admin API every %v, or its active health check's \"unhealthy\" event, whichever came first).\n", cfg.Poll)
+	}
 	if ctx.Err() != nil {
 		fmt.Println("interrupted: the run was cut short")
 	}
+
 	if cfg.JSON != "" {
-		b, err := json.MarshalIndent(map[string]any{
-			"config": cfg, "caddyfile": caddyfile, "report": rep, "faults": events, "restarts": restarts,
-		}, "", "  ")
+		b, err := json.MarshalIndent(map[string]any{"config": cfg, "plan": plan, "runs": runs}, "", "  ")
 		if err != nil {
 			return err
 		}
 		if err := os.WriteFile(cfg.JSON, append(b, '\n'), 0o644); err != nil {
 			return err
 		}
+		fmt.Println("JSON:", cfg.JSON)
+	}
+	if cfg.HTML != "" {
+		var buf bytes.Buffer
+		err := chaos.WriteHTML(&buf, chaos.Page{
+			Title:     "caddy-failover chaos demo",
+			Generated: time.Now(),
+			Command:   commandLine(),
+			Machine:   machine(),
+			Scenario:  scenario(cfg, len(plan)),
+			Runs:      runs,
+			Notes: []string{
+				"Failures are what the clients saw: a status other than 2xx, a transport error or a timeout. Nines = -log10(1 - success ratio).",
+				fmt.Sprintf("crash/hang → eject: from the signal (the injector's clock) to the proxy taking the backend out of service: for failover the engine's own transition time (GET /failover/pools, polled every %[1]v); for stock reverse_proxy, which has no such API, the first of a passive failure (GET /reverse_proxy/upstreams, polled every %[1]v) and its active health check's \"unhealthy\" event. hang → restart asked: until the backend's state shows \"restarting\" (n/a while the proxy asks no one).", cfg.Poll),
+				"Each proxy gets fresh backends and a fresh order record, and a warm-up of GETs that is not measured; the two runs follow each other on the same machine, so other load on it weighs on both differently: compare ratios over several runs.",
+			},
+		})
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(cfg.HTML, buf.Bytes(), 0o644); err != nil {
+			return err
+		}
+		abs, _ := filepath.Abs(cfg.HTML)
+		fmt.Println("HTML report: file://" + abs)
 	}
 	return nil
 }
 
-// countFaults counts applied faults, not the follow-up kill of a hang.
-func countFaults(events []chaos.FaultEvent) int {
-	n := 0
-	for _, ev := range events {
-		if ev.Action != "SIGKILL after hang" && ev.Err == "" {
-			n++
-		}
+// runScenario runs the scenario once through one proxy, on fresh backends
+// and a fresh record file in dir.
+func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []chaos.Fault, caddyBin, backendBin, dir string) (*chaos.Run, error) {
+	view.setStart(time.Time{}) // lines before the load have no offset
+	events := filepath.Join(dir, "events.log")
+	rig, err := chaos.NewRig(ctx, chaos.RigConfig{
+		CaddyBin: caddyBin, BackendBin: backendBin, Dir: dir, Backends: cfg.Backends,
+		Globals: chaos.EventLogOptions(events) + "\n" + chaos.QuietAdminLog,
+	})
+	if err != nil {
+		return nil, err
 	}
-	return n
+	defer rig.Close() // crash-only all the way: no graceful stop needed
+	for _, b := range rig.Backends() {
+		view.line(time.Now(), "backend %s on %s, pid %d", b.Config().ID, b.Config().Addr, b.Pid())
+	}
+	block, err := rig.ExpandBlock(p.block)
+	if err != nil {
+		return nil, fmt.Errorf("-directive: %w", err)
+	}
+	caddyfile, err := rig.Caddyfile(p.block)
+	if err != nil {
+		return nil, err
+	}
+	caddy, err := rig.StartCaddy(ctx, p.block)
+	if err != nil {
+		return nil, err
+	}
+	view.line(time.Now(), "caddy on %s, pid %d, site block: %s", caddy.URL(), caddy.Pid(), strings.Join(strings.Fields(block), " "))
+
+	watchCfg := chaos.WatchConfig{Admin: rig.Admin(), Addrs: rig.Addrs(), EventLog: events, MaxFails: maxFails(block), Interval: cfg.Poll}
+	if cfg.Poll <= 0 {
+		watchCfg.Addrs = nil // watches nothing
+	}
+	watcher := chaos.WatchStates(watchCfg)
+	stopped := false
+	stopWatch := func() []chaos.Transition {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		return watcher.Stop()
+	}
+	defer stopWatch()
+	if err := warmUp(ctx, rig.URL("/work"), watcher, cfg.Backends); err != nil {
+		return nil, fmt.Errorf("%w\ncaddy log:\n%s", err, tailString(caddy.Logs(), 2000))
+	}
+
+	if cfg.Warmup > 0 {
+		view.line(time.Now(), "warm-up: %v of GETs, not measured", cfg.Warmup)
+		chaos.RunLoad(ctx, chaos.LoadConfig{
+			URL: rig.URL(""), Concurrency: cfg.Concurrency, Duration: cfg.Warmup, Seed: -cfg.Seed, Timeout: cfg.Timeout, WorkMs: cfg.WorkMs,
+		})
+	}
+
+	view.begin(p.name, cfg.Duration, len(plan), rig, watcher)
+	sup := rig.StartSupervisor(chaos.SupervisorConfig{RestartSec: cfg.RestartSec, OnRestart: view.restart})
+	inj := &chaos.Injector{Backends: rig.Backends(), HangFor: cfg.HangFor, OnFault: view.fault}
+
+	injCtx, stopInj := context.WithCancel(ctx)
+	defer stopInj()
+	start := time.Now()
+	view.setStart(start)
+	var bg sync.WaitGroup
+	bg.Go(func() { inj.Run(injCtx, plan) })
+	viewCtx, stopView := context.WithCancel(ctx)
+	bg.Go(func() { view.run(viewCtx) })
+
+	res := chaos.RunLoad(ctx, chaos.LoadConfig{
+		URL:         rig.URL(""),
+		Concurrency: cfg.Concurrency,
+		Duration:    cfg.Duration,
+		PostRatio:   cfg.PostRatio,
+		Seed:        cfg.Seed,
+		Timeout:     cfg.Timeout,
+		WorkMs:      cfg.WorkMs,
+		OnResult:    view.result,
+	})
+	stopInj() // kills a backend still hung now
+	stopView()
+	bg.Wait()
+	sup.Stop()
+	source := watcher.Source()
+	transitions := stopWatch()
+	if failed, polls, last := watcher.Errors(); failed > polls/10 {
+		view.line(time.Now(), "warning: %d of %d admin API polls failed (last: %v)", failed, polls, last)
+	}
+
+	rep, err := chaos.Analyze(res, rig.Records())
+	if err != nil {
+		return nil, err
+	}
+	faults, restarts := inj.Events(), sup.Restarts()
+	rep.AddFaults(res.Start, cfg.Backends, faults, restarts, transitions, source)
+	return &chaos.Run{
+		Name: p.name, Block: block, Caddyfile: caddyfile, Backends: rig.IDs(), Addrs: rig.Addrs(), Start: res.Start,
+		Report: rep, Faults: faults, Restarts: restarts, Transitions: transitions,
+		Timeline: chaos.BuildTimeline(res, cfg.Backends, 100*time.Millisecond, faults, restarts, transitions),
+	}, nil
 }
 
-// warmUp waits until one request through Caddy succeeds, so the load starts
-// against a working proxy; it polls every 50ms for at most 10s.
-func warmUp(ctx context.Context, url string) error {
+// nameOf is the directive a site block starts with.
+func nameOf(block, fallback string) string {
+	if f := strings.Fields(block); len(f) > 0 && !strings.HasPrefix(f[0], "{{") {
+		return f[0]
+	}
+	return fallback
+}
+
+var maxFailsRE = regexp.MustCompile(`(?m)^\s*max_fails\s+(\d+)`)
+
+// maxFails is reverse_proxy's max_fails in a block; 1 if unset.
+func maxFails(block string) int {
+	if m := maxFailsRE.FindStringSubmatch(block); m != nil {
+		if n, err := strconv.Atoi(m[1]); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 1
+}
+
+// warmUp waits until one request through Caddy succeeds and, behind
+// failover, until every backend is in service, so the load starts against a
+// working proxy with the whole pool; it polls every 50ms for at most 10s.
+func warmUp(ctx context.Context, url string, w *chaos.StateWatcher, n int) error {
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil}}
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(10 * time.Second)
 	var last string
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		resp, err := client.Get(url + "/work")
+		resp, err := client.Get(url)
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
 			last = resp.Status
 		} else {
 			last = err.Error()
+		}
+		if err == nil && resp.StatusCode == http.StatusOK && allInService(w, n) {
+			return nil
 		}
 		select {
 		case <-time.After(50 * time.Millisecond):
@@ -337,31 +478,24 @@ func warmUp(ctx context.Context, url string) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return fmt.Errorf("no successful request through caddy within 10s (last: %s)", last)
+	return fmt.Errorf("no successful request through caddy with every backend in service within 10s (last: %s; states %+v)", last, w.Current())
 }
 
-// progress prints a line every second until ctx ends.
-func progress(ctx context.Context, out *printer, done, failed *atomic.Int64, kinds *sync.Map) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-tick.C:
-			var parts []string
-			for _, k := range []string{chaos.ErrStatus, chaos.ErrTransport, chaos.ErrTimeout} {
-				if c, ok := kinds.Load(k); ok {
-					parts = append(parts, fmt.Sprintf("%s %d", k, c.(*atomic.Int64).Load()))
-				}
-			}
-			detail := ""
-			if len(parts) > 0 {
-				detail = " [" + strings.Join(parts, ", ") + "]"
-			}
-			out.line(now, "progress: %d requests, %d failed%s", done.Load(), failed.Load(), detail)
+func allInService(w *chaos.StateWatcher, n int) bool {
+	if w.Mode() != chaos.ModeFailover {
+		return true // stock reverse_proxy starts every upstream healthy
+	}
+	views := w.Current()
+	for _, v := range views {
+		if !v.Known || !chaos.InService(v.State) {
+			return false
 		}
 	}
+	return len(views) == n
+}
+
+func indent(s string) string {
+	return "\t" + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n\t")
 }
 
 func tailString(s string, n int) string {
@@ -369,4 +503,46 @@ func tailString(s string, n int) string {
 		return s
 	}
 	return "…" + s[len(s)-n:]
+}
+
+func commandLine() string {
+	args := []string{"go run ./cmd/failover-demo"}
+	for _, a := range os.Args[1:] {
+		if strings.ContainsAny(a, " \t\n{}'\"") {
+			a = strconv.Quote(a)
+		}
+		args = append(args, a)
+	}
+	return strings.Join(args, " ")
+}
+
+// machine describes the host: CPU model, cores, OS.
+func machine() string {
+	model := ""
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	s := fmt.Sprintf("%d CPUs, %s/%s, %s", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
+	if model != "" {
+		s = model + ", " + s
+	}
+	return s
+}
+
+func scenario(cfg config, faults int) string {
+	s := fmt.Sprintf("%v per proxy after a %v warm-up, %d backends, %d closed-loop clients, %.0f%% POST /order, GET /work?ms=%d; ",
+		cfg.Duration, cfg.Warmup, cfg.Backends, cfg.Concurrency, 100*cfg.PostRatio, cfg.WorkMs)
+	if faults == 0 {
+		s += "no faults"
+	} else {
+		s += fmt.Sprintf("%d faults (%s), one every %v, a hang lasts %v; ", faults, strings.Join(cfg.Faults, ", "), cfg.Every, cfg.HangFor)
+	}
+	return s + fmt.Sprintf("restart %v after exit; seed %d", cfg.RestartSec, cfg.Seed)
 }

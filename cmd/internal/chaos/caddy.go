@@ -33,14 +33,27 @@ import (
 // The site address carries host 127.0.0.1, so requests must use that host
 // (as URLs from Caddy.URL do), not "localhost".
 func Caddyfile(adminAddr string, listenPort int, directiveBlock string) string {
+	return CaddyfileWithGlobals(adminAddr, listenPort, "", directiveBlock)
+}
+
+// CaddyfileWithGlobals is Caddyfile with more global options (one or more
+// lines, e.g. a log block) after the fixed ones.
+func CaddyfileWithGlobals(adminAddr string, listenPort int, globals, directiveBlock string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "{\n\tadmin %s\n\tauto_https off\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n\tgrace_period 10s\n}\n\n", adminAddr)
+	fmt.Fprintf(&b, "{\n\tadmin %s\n\tauto_https off\n\tpersist_config off\n\tdefault_bind 127.0.0.1\n\tgrace_period 10s\n", adminAddr)
+	indent(&b, globals)
+	b.WriteString("}\n\n")
 	fmt.Fprintf(&b, "http://127.0.0.1:%d {\n", listenPort)
-	for line := range strings.Lines(strings.Trim(directiveBlock, "\n")) {
-		b.WriteString("\t" + strings.TrimRight(line, " \t\r\n") + "\n")
-	}
+	indent(&b, directiveBlock)
 	b.WriteString("}\n")
 	return b.String()
+}
+
+// indent writes the lines of text, each indented by one more tab.
+func indent(b *strings.Builder, text string) {
+	for line := range strings.Lines(strings.Trim(text, "\n")) {
+		b.WriteString("\t" + strings.TrimRight(line, " \t\r\n") + "\n")
+	}
 }
 
 // Caddy is a running `caddy run` process. Its stdout and stderr go to

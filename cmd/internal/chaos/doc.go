@@ -18,6 +18,19 @@
 //   - [RunLoad], [Results]: a closed-loop client, every request recorded.
 //   - [Analyze], [Report]: failures, replayed orders, latency and the longest
 //     time without a successful answer.
+//   - [NewRig], [Rig]: all of the above wired together: N backends sharing a
+//     record file, the Caddy in front of them with a given site block, an
+//     optional Supervisor, and the failover admin API ([Rig.Pools],
+//     [Rig.WaitStates]). The demo and the end-to-end tests both use it.
+//   - [WatchStates], [StateWatcher]: polls Caddy's admin API (every 10ms) and
+//     records each backend's state transitions with their times: failover's
+//     GET /failover/pools, or for stock reverse_proxy its passive failures
+//     and active health events.
+//   - [Report.AddFaults]: crash → eject, hang → eject and hang → restart
+//     latencies from the faults and the transitions; [BuildTimeline],
+//     [Run], [SummaryRows], [FormatTable] and [WriteHTML]: the timeline, the
+//     side-by-side table and the self-contained HTML report with its charts
+//     (Chart.js, vendored in assets/).
 //
 // Every process is started on 127.0.0.1 only, in its own process group (so a
 // Ctrl-C in the terminal reaches the driver, which cleans up, and not the

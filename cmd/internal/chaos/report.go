@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -44,9 +45,11 @@ type Report struct {
 	Canceled  int      `json:"canceled"` // cut off because the run was interrupted
 
 	FailuresByKind   map[string]int `json:"failures_by_kind"`   // ErrStatus, ErrTransport, ErrTimeout
+	FailuresByStatus map[string]int `json:"failures_by_status"` // the ErrStatus ones by code: "502", "503", …
 	FailuresByMethod map[string]int `json:"failures_by_method"` // GET, POST
 
 	SuccessRatio float64 `json:"success_ratio"`  // Succeeded / Total
+	Nines        Nines   `json:"nines"`          // the success ratio in nines; null: no failure
 	Throughput   float64 `json:"throughput_rps"` // Total / Wall
 	Goodput      float64 `json:"goodput_rps"`    // Succeeded / Wall
 
@@ -77,6 +80,52 @@ type Report struct {
 	// A few example ids, for digging into logs.
 	ExecutedTwiceIDs     []string `json:"executed_twice_ids,omitempty"`
 	FailedButExecutedIDs []string `json:"failed_but_executed_ids,omitempty"`
+
+	// How the proxy reacted to the faults; filled in by AddFaults.
+	Faults
+}
+
+// Nines is a success ratio counted in nines: -log10(1 - ratio), so 99.9% is
+// 3 nines and 99.97% is 3.5. A run without a failure has infinitely many,
+// which JSON writes as null.
+type Nines float64
+
+// NinesOf converts a success ratio in [0, 1].
+func NinesOf(ratio float64) Nines {
+	switch {
+	case ratio >= 1:
+		return Nines(math.Inf(1))
+	case ratio <= 0:
+		return 0
+	}
+	return Nines(-math.Log10(1 - ratio))
+}
+
+func (n Nines) String() string {
+	if math.IsInf(float64(n), 1) {
+		return "∞"
+	}
+	return strconv.FormatFloat(float64(n), 'f', 2, 64)
+}
+
+// MarshalJSON writes the number (3 decimals), or null for infinity.
+func (n Nines) MarshalJSON() ([]byte, error) {
+	if math.IsInf(float64(n), 0) || math.IsNaN(float64(n)) {
+		return []byte("null"), nil
+	}
+	return []byte(strconv.FormatFloat(math.Round(float64(n)*1000)/1000, 'f', -1, 64)), nil
+}
+
+// UnmarshalJSON reads a number, or null as infinity.
+func (n *Nines) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*n = Nines(math.Inf(1))
+		return nil
+	}
+	var f float64
+	err := json.Unmarshal(b, &f)
+	*n = Nines(f)
+	return err
 }
 
 // maxExampleIDs bounds the id lists in a Report.
@@ -89,6 +138,7 @@ func Analyze(res *Results, recordFiles ...string) (Report, error) {
 	rep := Report{
 		Wall:             Duration(res.End.Sub(res.Start)),
 		FailuresByKind:   map[string]int{},
+		FailuresByStatus: map[string]int{},
 		FailuresByMethod: map[string]int{},
 	}
 	var latencies []time.Duration
@@ -113,12 +163,16 @@ func Analyze(res *Results, recordFiles ...string) (Report, error) {
 			rep.Failed++
 			rep.FailuresByKind[r.Err]++
 			rep.FailuresByMethod[r.Method]++
+			if r.Err == ErrStatus {
+				rep.FailuresByStatus[strconv.Itoa(r.Status)]++
+			}
 		}
 		rep.Total++
 		latencies = append(latencies, r.Latency)
 	}
 	if rep.Total > 0 {
 		rep.SuccessRatio = float64(rep.Succeeded) / float64(rep.Total)
+		rep.Nines = NinesOf(rep.SuccessRatio)
 	}
 	if s := time.Duration(rep.Wall).Seconds(); s > 0 {
 		rep.Throughput = float64(rep.Total) / s
@@ -216,8 +270,11 @@ func (r Report) String() string {
 		fmt.Fprintf(&b, "%-22s "+format+"\n", append([]any{label}, args...)...)
 	}
 	row("requests", "%d in %v (%.1f req/s, %.1f ok/s)", r.Total, r.Wall, r.Throughput, r.Goodput)
-	row("succeeded", "%d (%.3f%%)", r.Succeeded, 100*r.SuccessRatio)
+	row("succeeded", "%d (%s, %s nines)", r.Succeeded, Percent(r.SuccessRatio), r.Nines)
 	row("failed", "%d%s%s", r.Failed, counts(r.FailuresByKind), counts(r.FailuresByMethod))
+	if len(r.FailuresByStatus) > 0 {
+		row("  by status", "%s", strings.TrimSpace(counts(r.FailuresByStatus)))
+	}
 	if r.Canceled > 0 {
 		row("canceled (run cut)", "%d", r.Canceled)
 	}
@@ -230,7 +287,38 @@ func (r Report) String() string {
 	if r.MalformedRecords > 0 {
 		row("  malformed records", "%d", r.MalformedRecords)
 	}
+	if r.FaultsApplied > 0 || r.Restarts > 0 {
+		row("faults applied", "%d; %d restarts by the supervisor%s", r.FaultsApplied, r.Restarts, nonZero(", %d failed", r.RestartsFailed))
+		row("crash → eject", "%s", r.CrashToEject)
+		row("hang → eject", "%s", r.HangToEject)
+		row("hang → restart asked", "%s", r.HangToRestart)
+		if r.StateSource == "" {
+			row("", "(no backend states: the proxy exposes none)")
+		}
+	}
 	return b.String()
+}
+
+// Percent formats a ratio as a percentage with enough decimals to show how
+// far from 100% it is: 99.97%, 99.9991%, 100%.
+func Percent(ratio float64) string {
+	if ratio >= 1 {
+		return "100%"
+	}
+	decimals := 2 // two significant digits of the miss, trailing zeros dropped
+	if miss := 100 * (1 - ratio); miss < 1 {
+		decimals = min(8, 1-int(math.Floor(math.Log10(miss))))
+	}
+	s := strconv.FormatFloat(100*ratio, 'f', decimals, 64)
+	s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
+	return s + "%"
+}
+
+func nonZero(format string, n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(format, n)
 }
 
 // counts renders a map as "  [a 1, b 2]", sorted by key; empty for none.
