@@ -58,14 +58,14 @@ type sample struct {
 func newLive(out io.Writer, tty bool) *live { return &live{out: out, tty: tty} }
 
 // begin starts the view of one run, before its load.
-func (l *live) begin(name string, duration time.Duration, planned int, rig *chaos.Rig, w *chaos.StateWatcher) {
+func (l *live) begin(name string, duration time.Duration, planned int, ids []string, pids []int, w *chaos.StateWatcher) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.name, l.duration, l.planned, l.applied = name, duration, planned, 0
-	l.ids, l.watcher = rig.IDs(), w
-	l.procs = make([]proc, len(rig.Backends()))
-	for i, b := range rig.Backends() {
-		l.procs[i] = proc{chaos.ProcUp, b.Pid()}
+	l.ids, l.watcher = ids, w
+	l.procs = make([]proc, len(pids))
+	for i, pid := range pids {
+		l.procs[i] = proc{chaos.ProcUp, pid}
 	}
 	l.counts = counts{byKind: map[string]int{}, byStatus: map[string]int{}, byMethod: map[string]int{}}
 	l.samples = nil

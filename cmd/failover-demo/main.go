@@ -4,13 +4,21 @@
 //	go run ./cmd/failover-demo            # failover only
 //	go run ./cmd/failover-demo -compare   # the same scenario through stock reverse_proxy too
 //
-// It builds ./cmd/caddy and ./examples/backend into a temporary directory,
-// starts the backends on free loopback ports (with a supervisor stand-in that
-// restarts an exited backend after 100ms, like systemd's RestartSec), starts
-// Caddy in front of them with the `failover` directive, then runs a closed-loop
-// load (GET /work and POST /order) while it injects a seeded, reproducible
-// schedule of faults: crash (SIGKILL), hang (SIGSTOP, then SIGKILL after
-// -hang-for) and outage (every backend SIGKILLed at once).
+// It builds ./cmd/caddy and ./examples/backend into a temporary directory and
+// starts Caddy with the `failover` directive, whose built-in supervisor
+// (`spawn`) runs the backends on free loopback ports: it starts them,
+// restarts one that exits, and restarts one that hangs when failover asks.
+// Then it runs a closed-loop load (GET /work and POST /order) while it
+// injects a seeded, reproducible schedule of faults into the current
+// processes (found by asking each backend its pid): crash (SIGKILL), hang
+// (SIGSTOP, and nothing more: restarting it is failover's job) and outage
+// (every backend SIGKILLed at once).
+//
+// A site block without spawn (stock reverse_proxy in -compare, say) gets
+// backends started by the demo, with a supervisor stand-in that restarts an
+// exited backend after -restart-sec (like systemd's RestartSec) and a hung
+// one SIGKILLed -hang-for after its SIGSTOP, as a supervisor asked to restart
+// it would: stock reverse_proxy has no way to have a hung process restarted.
 //
 // While it runs it prints every fault and restart as it happens and, on a
 // terminal, a block that shows every backend's state (the proxy's view, read
@@ -30,7 +38,8 @@
 // It writes an HTML report with a timeline chart of every run (-html) and,
 // with -json, the raw figures. The exit status is 0 whatever the clients saw;
 // it is non-zero only when the demo could not be set up. Every process it
-// started is killed on exit and on Ctrl-C.
+// started is gone on exit and on Ctrl-C (the spawned backends through a
+// graceful `caddy stop`, then checked).
 package main
 
 import (
@@ -118,6 +127,19 @@ const stockDirective = `reverse_proxy {{upstreams}} {
 	}
 }`
 
+// defaultDirective runs the pool under failover's built-in supervisor.
+const defaultDirective = `failover {
+	health_uri /health
+	spawn {{.BackendBin}} -addr {backend} -id b{index} -records {{.Records}} {
+		to {{upstreams}}
+	}
+}`
+
+var spawnRE = regexp.MustCompile(`(?m)^\s*spawn\s`)
+
+// spawns reports whether a site block has Caddy run the backends.
+func spawns(block string) bool { return spawnRE.MatchString(block) }
+
 type config struct {
 	Duration       time.Duration `json:"duration_ns"`
 	Backends       int           `json:"backends"`
@@ -149,16 +171,16 @@ func main() {
 	flag.IntVar(&cfg.Concurrency, "concurrency", 8, "closed-loop clients")
 	flag.StringVar(&faults, "faults", "crash,hang,outage", "comma-separated fault kinds (crash, hang, outage); empty: none")
 	flag.DurationVar(&cfg.Every, "every", 2*time.Second, "one fault every this long")
-	flag.DurationVar(&cfg.HangFor, "hang-for", 1500*time.Millisecond, "how long a hung backend stays hung before it is killed and restarted")
-	flag.DurationVar(&cfg.RestartSec, "restart-sec", 100*time.Millisecond, "pause between a backend's exit and its restart")
+	flag.DurationVar(&cfg.HangFor, "hang-for", 1500*time.Millisecond, "without spawn (stock reverse_proxy): how long a hung backend stays hung before the stand-in supervisor kills and restarts it")
+	flag.DurationVar(&cfg.RestartSec, "restart-sec", 100*time.Millisecond, "without spawn: the stand-in supervisor's pause between a backend's exit and its restart")
 	flag.Int64Var(&cfg.Seed, "seed", 1, "seed of the fault schedule and the request mix")
 	flag.Float64Var(&cfg.PostRatio, "post-ratio", 0.2, "share of requests that are POST /order (not idempotent)")
 	flag.IntVar(&cfg.WorkMs, "work-ms", 5, "milliseconds each GET /work takes in the backend")
 	flag.DurationVar(&cfg.Timeout, "timeout", 15*time.Second, "client timeout per request")
 	flag.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "unmeasured GET load before each run, so that every proxy starts warm")
 	flag.DurationVar(&cfg.Poll, "poll", 10*time.Millisecond, "how often to read the proxy's backend states from Caddy's admin API; 0: never (no states, no eject latencies)")
-	flag.StringVar(&cfg.Directive, "directive", "failover {{upstreams}}",
-		"the site block, a Go template: {{upstreams}} is \"127.0.0.1:P1 127.0.0.1:P2 …\" ({{.Upstreams}} too), {{.Addrs}} the list")
+	flag.StringVar(&cfg.Directive, "directive", defaultDirective,
+		"the site block, a Go template: {{upstreams}} is \"127.0.0.1:P1 127.0.0.1:P2 …\" ({{.Upstreams}} too), {{.Addrs}} the list, {{.BackendBin}} the example backend, {{.Records}} the order record file; with spawn Caddy runs the backends, else the demo does")
 	flag.BoolVar(&cfg.Compare, "compare", false, "run the same scenario through stock reverse_proxy (-stock-directive) too, and compare")
 	flag.StringVar(&cfg.StockDirective, "stock-directive", stockDirective, "the site block of the -compare run")
 	flag.StringVar(&cfg.JSON, "json", "", "also write the runs (config, reports, faults, restarts, transitions, timelines) as JSON to this `file`")
@@ -273,7 +295,7 @@ func run(ctx context.Context, cfg config) error {
 
 	fmt.Println()
 	for _, r := range runs {
-		fmt.Printf("%s, the site block used:\n%s\n\n", r.Name, indent(r.Block))
+		fmt.Printf("%s, the site block used:\n%s\n%s\n\n", r.Name, indent(r.Block), runNote(r.Block, cfg))
 	}
 	if len(runs) == 1 {
 		r := runs[0]
@@ -315,6 +337,12 @@ func run(ctx context.Context, cfg config) error {
 			Notes: []string{
 				"Failures are what the clients saw: a status other than 2xx, a transport error or a timeout. Nines = -log10(1 - success ratio).",
 				fmt.Sprintf("crash/hang → eject: from the signal (the injector's clock) to the proxy taking the backend out of service: for failover the engine's own transition time (GET /failover/pools, polled every %[1]v); for stock reverse_proxy, which has no such API, the first of a passive failure (GET /reverse_proxy/upstreams, polled every %[1]v) and its active health check's \"unhealthy\" event. hang → restart asked: until the backend's state shows \"restarting\" (n/a while the proxy asks no one).", cfg.Poll),
+				"Backends: " + runNote(cfg.Directive, cfg) + func() string {
+					if cfg.Compare {
+						return " Stock: " + runNote(cfg.StockDirective, cfg)
+					}
+					return ""
+				}(),
 				"Each proxy gets fresh backends and a fresh order record, and a warm-up of GETs that is not measured; the two runs follow each other on the same machine, so other load on it weighs on both differently: compare ratios over several runs.",
 			},
 		})
@@ -330,19 +358,38 @@ func run(ctx context.Context, cfg config) error {
 	return nil
 }
 
+// runNote says who runs the backends of a run with this site block.
+func runNote(block string, cfg config) string {
+	if spawns(block) {
+		return "(backends run by Caddy: failover's built-in supervisor (spawn) starts them, restarts one that exits, and restarts one that hangs when failover asks; the demo only signals them)"
+	}
+	return fmt.Sprintf("(backends started by the demo; a stand-in supervisor restarts one %v after it exits. This proxy has no way to have a hung backend restarted, so the stand-in SIGKILLs a hung one %v after its SIGSTOP, as a supervisor asked to restart it would)", cfg.RestartSec, cfg.HangFor)
+}
+
 // runScenario runs the scenario once through one proxy, on fresh backends
 // and a fresh record file in dir.
 func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []chaos.Fault, caddyBin, backendBin, dir string) (*chaos.Run, error) {
 	view.setStart(time.Time{}) // lines before the load have no offset
 	events := filepath.Join(dir, "events.log")
-	rig, err := chaos.NewRig(ctx, chaos.RigConfig{
+	spawned := spawns(p.block)
+	rigCfg := chaos.RigConfig{
 		CaddyBin: caddyBin, BackendBin: backendBin, Dir: dir, Backends: cfg.Backends,
 		Globals: chaos.EventLogOptions(events) + "\n" + chaos.QuietAdminLog,
-	})
+	}
+	if spawned { // Caddy runs them: only pick their ports
+		ports, err := chaos.FreePorts(cfg.Backends)
+		if err != nil {
+			return nil, err
+		}
+		for _, port := range ports {
+			rigCfg.External = append(rigCfg.External, fmt.Sprintf("127.0.0.1:%d", port))
+		}
+	}
+	rig, err := chaos.NewRig(ctx, rigCfg)
 	if err != nil {
 		return nil, err
 	}
-	defer rig.Close() // crash-only all the way: no graceful stop needed
+	defer rig.Close() // crash-only all the way: no graceful stop needed (but see stopSpawned)
 	for _, b := range rig.Backends() {
 		view.line(time.Now(), "backend %s on %s, pid %d", b.Config().ID, b.Config().Addr, b.Pid())
 	}
@@ -359,6 +406,29 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 		return nil, err
 	}
 	view.line(time.Now(), "caddy on %s, pid %d, site block: %s", caddy.URL(), caddy.Pid(), strings.Join(strings.Fields(block), " "))
+
+	// With spawn the backends are Caddy's children: stop Caddy gracefully
+	// (spawn stops their process groups), then make sure none is left.
+	var pids *chaos.PidWatcher
+	var stopOnce sync.Once
+	stopSpawned := func() {
+		stopOnce.Do(func() {
+			if err := caddy.Stop(); err != nil {
+				view.line(time.Now(), "warning: caddy stop: %v", err)
+			}
+			var seen []int
+			if pids != nil {
+				pids.Stop()
+				seen = pids.Seen()
+			}
+			if left := killLeftovers(seen, backendBin); len(left) > 0 {
+				view.line(time.Now(), "warning: backends left after caddy stop, killed: pids %v", left)
+			}
+		})
+	}
+	if spawned {
+		defer stopSpawned()
+	}
 
 	watchCfg := chaos.WatchConfig{Admin: rig.Admin(), Addrs: rig.Addrs(), EventLog: events, MaxFails: maxFails(block), Interval: cfg.Poll}
 	if cfg.Poll <= 0 {
@@ -377,6 +447,12 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 	if err := warmUp(ctx, rig.URL("/work"), watcher, cfg.Backends); err != nil {
 		return nil, fmt.Errorf("%w\ncaddy log:\n%s", err, tailString(caddy.Logs(), 2000))
 	}
+	if spawned {
+		pids = chaos.WatchPids(rig.Addrs(), rig.IDs(), 20*time.Millisecond, view.restart)
+		for i, pid := range pids.Pids() {
+			view.line(time.Now(), "backend %s on %s, pid %d (spawned by caddy)", rig.IDs()[i], rig.Addrs()[i], pid)
+		}
+	}
 
 	if cfg.Warmup > 0 {
 		view.line(time.Now(), "warm-up: %v of GETs, not measured", cfg.Warmup)
@@ -385,9 +461,20 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 		})
 	}
 
-	view.begin(p.name, cfg.Duration, len(plan), rig, watcher)
-	sup := rig.StartSupervisor(chaos.SupervisorConfig{RestartSec: cfg.RestartSec, OnRestart: view.restart})
-	inj := &chaos.Injector{Backends: rig.Backends(), HangFor: cfg.HangFor, OnFault: view.fault}
+	var sup *chaos.Supervisor
+	inj := &chaos.Injector{OnFault: view.fault}
+	if spawned {
+		view.begin(p.name, cfg.Duration, len(plan), rig.IDs(), pids.Pids(), watcher)
+		inj.PidOf, inj.NumBackends = pids.PidOf, cfg.Backends
+	} else {
+		var backendPids []int
+		for _, b := range rig.Backends() {
+			backendPids = append(backendPids, b.Pid())
+		}
+		view.begin(p.name, cfg.Duration, len(plan), rig.IDs(), backendPids, watcher)
+		sup = rig.StartSupervisor(chaos.SupervisorConfig{RestartSec: cfg.RestartSec, OnRestart: view.restart})
+		inj.Backends, inj.HangFor = rig.Backends(), cfg.HangFor
+	}
 
 	injCtx, stopInj := context.WithCancel(ctx)
 	defer stopInj()
@@ -408,27 +495,69 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 		WorkMs:      cfg.WorkMs,
 		OnResult:    view.result,
 	})
-	stopInj() // kills a backend still hung now
+	stopInj() // without spawn: kills a backend still hung now
 	stopView()
 	bg.Wait()
-	sup.Stop()
+	var restarts []chaos.RestartEvent
+	if spawned {
+		if killed := inj.KillStopped(); len(killed) > 0 {
+			view.line(time.Now(), "still stopped at the end of the run, killed: pids %v", killed)
+		}
+		restarts = pids.Restarts()
+	} else {
+		sup.Stop()
+		restarts = sup.Restarts()
+	}
 	source := watcher.Source()
 	transitions := stopWatch()
 	if failed, polls, last := watcher.Errors(); failed > polls/10 {
 		view.line(time.Now(), "warning: %d of %d admin API polls failed (last: %v)", failed, polls, last)
+	}
+	if spawned {
+		stopSpawned()
 	}
 
 	rep, err := chaos.Analyze(res, rig.Records())
 	if err != nil {
 		return nil, err
 	}
-	faults, restarts := inj.Events(), sup.Restarts()
+	faults := inj.Events()
 	rep.AddFaults(res.Start, cfg.Backends, faults, restarts, transitions, source)
 	return &chaos.Run{
 		Name: p.name, Block: block, Caddyfile: caddyfile, Backends: rig.IDs(), Addrs: rig.Addrs(), Start: res.Start,
 		Report: rep, Faults: faults, Restarts: restarts, Transitions: transitions,
 		Timeline: chaos.BuildTimeline(res, cfg.Backends, 100*time.Millisecond, faults, restarts, transitions),
 	}, nil
+}
+
+// killLeftovers SIGKILLs what is left, after Caddy stopped, of the backends
+// it spawned: any pid in seen still alive, and any live process running bin
+// (the demo's own build, in its temporary directory). It returns their pids.
+func killLeftovers(seen []int, bin string) []int {
+	left := map[int]bool{}
+	for _, pid := range seen {
+		if chaos.Alive(pid) {
+			left[pid] = true
+		}
+	}
+	if ents, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == os.Getpid() {
+				continue
+			}
+			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && exe == bin && chaos.Alive(pid) {
+				left[pid] = true
+			}
+		}
+	}
+	var out []int
+	for pid := range left {
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // nameOf is the directive a site block starts with.
@@ -542,7 +671,16 @@ func scenario(cfg config, faults int) string {
 	if faults == 0 {
 		s += "no faults"
 	} else {
-		s += fmt.Sprintf("%d faults (%s), one every %v, a hang lasts %v; ", faults, strings.Join(cfg.Faults, ", "), cfg.Every, cfg.HangFor)
+		s += fmt.Sprintf("%d faults (%s), one every %v; ", faults, strings.Join(cfg.Faults, ", "), cfg.Every)
 	}
-	return s + fmt.Sprintf("restart %v after exit; seed %d", cfg.RestartSec, cfg.Seed)
+	for i, b := range []string{cfg.Directive, cfg.StockDirective} {
+		switch {
+		case b == "" || (i == 1 && !cfg.Compare):
+		case spawns(b):
+			s += "run " + strconv.Itoa(i+1) + ": Caddy runs the backends (spawn) and restarts what exits or hangs; "
+		default:
+			s += fmt.Sprintf("run %d: a stand-in supervisor restarts a backend %v after exit and SIGKILLs a hung one %v after its SIGSTOP; ", i+1, cfg.RestartSec, cfg.HangFor)
+		}
+	}
+	return s + fmt.Sprintf("seed %d", cfg.Seed)
 }

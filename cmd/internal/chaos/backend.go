@@ -172,7 +172,16 @@ func (b *Backend) Kill() error {
 // hang. It returns ErrNotRunning if the process has exited.
 func (b *Backend) Stop() error {
 	p, _ := b.current()
-	return p.signal(syscall.SIGSTOP)
+	if err := p.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	// kill(2) returns before the process stops; a test that probes it next
+	// must find it stopped, so wait (bounded) until the kernel says so
+	deadline := time.Now().Add(2 * time.Second)
+	for ProcState(p.pid) != "T" && ProcState(p.pid) != "t" && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	return nil
 }
 
 // Cont sends SIGCONT, ending a Stop.

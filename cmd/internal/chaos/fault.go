@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -13,7 +15,7 @@ import (
 // Fault kinds.
 const (
 	FaultCrash  = "crash"  // SIGKILL one backend; its supervisor restarts it
-	FaultHang   = "hang"   // SIGSTOP one backend, SIGKILL it HangFor later
+	FaultHang   = "hang"   // SIGSTOP one backend; SIGKILL it HangFor later unless Injector.PidOf is set
 	FaultOutage = "outage" // SIGKILL every backend at once
 )
 
@@ -94,15 +96,25 @@ func (e FaultEvent) String() string {
 // SIGSTOP followed HangFor later by the SIGKILL a supervisor asked to restart
 // a hung process would send; an outage SIGKILLs every backend at once.
 // Restarting is the Supervisor's job. Set the fields before the first use.
+//
+// With PidOf set the injector works on processes something else runs (Caddy's
+// built-in supervisor, say): it signals the pid PidOf returns at the time of
+// the fault, and a hung process is not killed later: restarting it is the
+// job of whoever runs it. KillStopped is the safety net for the end of a run.
 type Injector struct {
 	Backends []*Backend
 	HangFor  time.Duration // default 1.5s
+	// PidOf, if set, replaces Backends: it returns the current pid of
+	// backend i (0 if none runs), for i in [0, NumBackends).
+	PidOf       func(i int) int
+	NumBackends int
 	// OnFault, if set, is called with every event as it happens, possibly
 	// from several goroutines at once.
 	OnFault func(FaultEvent)
 
 	mu      sync.Mutex
 	events  []FaultEvent
+	stopped []int          // pids SIGSTOPped in PidOf mode
 	pending sync.WaitGroup // delayed hang kills
 }
 
@@ -125,6 +137,10 @@ func (in *Injector) Run(ctx context.Context, faults []Fault) {
 // SIGKILL follows HangFor later (or when ctx ends) and Run, or Wait, waits
 // for it.
 func (in *Injector) Apply(ctx context.Context, f Fault) {
+	if in.PidOf != nil {
+		in.applyPid(f)
+		return
+	}
 	ev := FaultEvent{Fault: f, Time: time.Now()}
 	switch f.Kind {
 	case FaultOutage:
@@ -187,6 +203,94 @@ func (in *Injector) killHung(ctx context.Context, f Fault, b *Backend, gen int) 
 		ev.Pids = []int{pid}
 	}
 	in.record(ev)
+}
+
+// applyPid applies a fault to the processes PidOf names.
+func (in *Injector) applyPid(f Fault) {
+	ev := FaultEvent{Fault: f, Time: time.Now()}
+	switch f.Kind {
+	case FaultOutage:
+		ev.Action = "SIGKILL"
+		pids := make([]int, 0, in.NumBackends)
+		for i := range in.NumBackends { // look up all first, then signal at once
+			if pid := in.PidOf(i); pid > 0 {
+				pids = append(pids, pid)
+			}
+		}
+		for _, pid := range pids {
+			if syscall.Kill(pid, syscall.SIGKILL) == nil {
+				ev.Pids = append(ev.Pids, pid)
+			}
+		}
+		if len(ev.Pids) == 0 {
+			ev.Err = ErrNotRunning.Error()
+		}
+	case FaultCrash, FaultHang:
+		if f.Backend < 0 || f.Backend >= in.NumBackends {
+			ev.Err = fmt.Sprintf("no backend %d", f.Backend)
+			break
+		}
+		pid := in.PidOf(f.Backend)
+		if pid <= 0 {
+			ev.Err = ErrNotRunning.Error() // down already, e.g. awaiting restart
+			break
+		}
+		ev.Pids = []int{pid}
+		sig, name := syscall.SIGKILL, "SIGKILL"
+		if f.Kind == FaultHang {
+			sig, name = syscall.SIGSTOP, "SIGSTOP"
+		}
+		ev.Action = name
+		if err := syscall.Kill(pid, sig); err != nil {
+			ev.Err = err.Error()
+			break
+		}
+		if f.Kind == FaultHang {
+			in.mu.Lock()
+			in.stopped = append(in.stopped, pid)
+			in.mu.Unlock()
+		}
+	default:
+		ev.Err = "unknown fault kind"
+	}
+	in.record(ev)
+}
+
+// KillStopped SIGKILLs every process the injector SIGSTOPped in PidOf mode
+// that is still stopped, and returns their pids: the safety net at the end of
+// a run, so that no frozen process outlives it.
+func (in *Injector) KillStopped() []int {
+	in.mu.Lock()
+	pids := in.stopped
+	in.stopped = nil
+	in.mu.Unlock()
+	var killed []int
+	for _, pid := range pids {
+		if ProcState(pid) == "T" && syscall.Kill(pid, syscall.SIGKILL) == nil {
+			killed = append(killed, pid)
+		}
+	}
+	return killed
+}
+
+// ProcState is the state letter of a process in /proc/<pid>/stat ("R", "S",
+// "T" for stopped, "Z" for a zombie…), or "" if there is no such process.
+func ProcState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2 : i+3]
+	}
+	return ""
+}
+
+// Alive reports whether pid is a live process (not a zombie).
+func Alive(pid int) bool {
+	st := ProcState(pid)
+	return st != "" && st != "Z" && st != "X"
 }
 
 // Wait waits for the delayed kills of hangs applied with Apply.

@@ -134,7 +134,9 @@ func (r *Rig) URL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%
 
 // Caddyfile returns the whole Caddyfile for a site block. The block is a Go
 // template: {{upstreams}} and {{.Upstreams}} are the upstream list
-// ("127.0.0.1:P1 127.0.0.1:P2 …"), {{.Addrs}} the addresses as a list.
+// ("127.0.0.1:P1 127.0.0.1:P2 …"), {{.Addrs}} the addresses as a list,
+// {{.Records}} the order record file and {{.BackendBin}} RigConfig.BackendBin
+// (for a spawn block).
 func (r *Rig) Caddyfile(block string) (string, error) {
 	expanded, err := r.ExpandBlock(block)
 	if err != nil {
@@ -151,7 +153,9 @@ func (r *Rig) ExpandBlock(block string) (string, error) {
 		return "", fmt.Errorf("chaos: site block: %w", err)
 	}
 	var b strings.Builder
-	if err := tmpl.Execute(&b, map[string]any{"Upstreams": r.Upstreams(), "Addrs": r.addrs}); err != nil {
+	if err := tmpl.Execute(&b, map[string]any{
+		"Upstreams": r.Upstreams(), "Addrs": r.addrs, "Records": r.Records(), "BackendBin": r.cfg.BackendBin,
+	}); err != nil {
 		return "", fmt.Errorf("chaos: site block: %w", err)
 	}
 	return b.String(), nil
