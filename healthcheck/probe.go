@@ -57,6 +57,14 @@ func newProber(p *Pool, b *Backend) *prober {
 
 func (pr *prober) run() {
 	defer pr.drop()
+	// First beats go out at once in a small pool; a large one spreads them
+	// (100µs a backend, at most an interval) so that thousands of connects
+	// do not land together and time out each other.
+	if spread := min(time.Duration(len(pr.p.backends))*100*time.Microsecond, pr.cfg.Interval); spread > time.Millisecond {
+		if !pr.sleep(rand.N(spread)) {
+			return
+		}
+	}
 	misses := 0
 	for {
 		e, cause := pr.beat()
