@@ -14,11 +14,14 @@ import "time"
 // fast, and a proxy holds requests while none is up, so we start early and
 // never give up, but cap at 30s so a broken deploy costs one short start
 // every 30s: 0, 100ms, 200ms, 400ms, 800ms, 1.6s, 3.2s, 6.4s, 12.8s, 25.6s,
-// 30s, 30s, ...
+// 30s, 30s, ... A run of a second is stable: long enough to have started
+// and served, so its exit is a crash of a working process (which must come
+// back at once), not a loop; a longer period made a backend killed every
+// couple of seconds wait ever longer to come back.
 const (
 	backoffBase = 100 * time.Millisecond
 	backoffCap  = 30 * time.Second
-	stableAfter = 10 * time.Second
+	stableAfter = time.Second
 )
 
 // backoff counts one backend's consecutive short-lived runs. It is used by

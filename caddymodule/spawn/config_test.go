@@ -296,7 +296,7 @@ func TestBackoffDelay(t *testing.T) {
 	t0 := time.Now()
 	assert.Equal(t, time.Duration(0), b.exit(t0, t0.Add(ms)), "first exit: start at once")
 	assert.Equal(t, 100*ms, b.exit(t0.Add(2*ms), t0.Add(3*ms)))
-	assert.Equal(t, 200*ms, b.exit(t0.Add(110*ms), t0.Add(9*time.Second)))
+	assert.Equal(t, 200*ms, b.exit(t0.Add(110*ms), t0.Add(900*ms)))
 	assert.Equal(t, 3, b.exits)
 	assert.Equal(t, t0, b.first)
 	// a run of stableAfter resets the count
