@@ -35,6 +35,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, t.failed(req.Context(), b, st, err, false)
 		}
+		b.Answered()
 		return res, nil
 	}
 	parent := req.Context()
@@ -54,6 +55,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		cancel(nil)
 		return nil, t.failed(parent, b, st, err, true)
 	}
+	b.Answered()
 	return res, nil
 }
 

@@ -22,6 +22,8 @@ type Backend struct {
 	gen atomic.Uint64
 	// beats counts heartbeats sent.
 	beats atomic.Uint64
+	// answered is when b last answered a live request (UnixNano).
+	answered atomic.Int64
 
 	// guarded by pool.mu
 	state  State
@@ -90,6 +92,10 @@ func (b *Backend) Report(e Evidence, cause error) {
 		b.Probe()
 	}
 }
+
+// Answered records that b just answered a live request: the process is
+// not hung, so its next heartbeat can wait (see prober.coveredByTraffic).
+func (b *Backend) Answered() { b.answered.Store(time.Now().UnixNano()) }
 
 // Probe asks for a heartbeat now instead of at the next interval.
 func (b *Backend) Probe() {

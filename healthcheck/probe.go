@@ -32,6 +32,10 @@ type prober struct {
 	w     *watch
 	// watchBeat is when a closed watch connection last caused a beat.
 	watchBeat time.Time
+	// forced: the last wake-up asked for a beat (kick, closed watch)
+	forced bool
+	// skipped counts beats in a row saved by live traffic
+	skipped int
 }
 
 func newProber(p *Pool, b *Backend) *prober {
@@ -67,6 +71,15 @@ func (pr *prober) run() {
 	}
 	misses := 0
 	for {
+		if misses == 0 && !pr.forced {
+			if d := pr.coveredByTraffic(); d > 0 {
+				if !pr.sleep(d) {
+					return
+				}
+				continue
+			}
+		}
+		pr.skipped = 0
 		e, cause := pr.beat()
 		if pr.p.ctx.Err() != nil {
 			return
@@ -94,6 +107,30 @@ func (pr *prober) run() {
 	}
 }
 
+// maxSkipped beats in a row may be saved by live traffic: every fourth is
+// sent anyway, so that the health path's status (draining, bad-status) is
+// still checked on a busy backend.
+const maxSkipped = 3
+
+// coveredByTraffic returns how long the next beat can wait because the
+// backend answered a live request within the last interval (a hung one
+// answers none, so beats resume and hang detection is unchanged), or 0.
+func (pr *prober) coveredByTraffic() time.Duration {
+	if pr.skipped >= maxSkipped {
+		return 0
+	}
+	last := pr.b.answered.Load()
+	if last == 0 {
+		return 0
+	}
+	age := time.Duration(time.Now().UnixNano() - last)
+	if age >= pr.cfg.Interval {
+		return 0
+	}
+	pr.skipped++
+	return max(pr.jitter(pr.cfg.Interval)-age, time.Millisecond)
+}
+
 // jitter spreads beats by ±10% so that many backends do not beat in lockstep.
 func (pr *prober) jitter(d time.Duration) time.Duration {
 	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
@@ -116,6 +153,7 @@ func (pr *prober) onGrid(d time.Duration) time.Duration {
 // sleep waits d, or less when the connection closes (crash watch) or a beat
 // is asked for. It returns false when the pool stops.
 func (pr *prober) sleep(d time.Duration) bool {
+	pr.forced = d <= 0
 	if d <= 0 {
 		return pr.p.ctx.Err() == nil
 	}
@@ -130,6 +168,7 @@ func (pr *prober) sleep(d time.Duration) bool {
 		case <-pr.p.ctx.Done():
 			return false
 		case <-pr.b.kick:
+			pr.forced = true
 			return true
 		case <-pr.timer.C:
 			return true
@@ -142,6 +181,7 @@ func (pr *prober) sleep(d time.Duration) bool {
 			pr.drop()
 			if time.Since(pr.watchBeat) >= pr.cfg.Interval {
 				pr.watchBeat = time.Now()
+				pr.forced = true
 				return true
 			}
 		}

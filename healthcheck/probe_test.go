@@ -541,3 +541,46 @@ func TestShortIdleTimeoutDoesNotSpeedUpBeats(t *testing.T) {
 	// less the ±10% jitter; without the limit ten beats take ~50ms
 	assert.GreaterOrEqual(t, time.Since(start), 4*interval, "beats came faster than twice an interval")
 }
+
+// A backend that answers live requests needs fewer heartbeats: at most one
+// in maxSkipped+1 while traffic flows; when the traffic stops answering (a
+// hang answers none), the beats come back at the interval.
+func TestLiveTrafficSavesBeats(t *testing.T) {
+	bk := newBackend(t)
+	other := newBackend(t)
+	const interval = 40 * time.Millisecond
+	p, rec := startPool(t, []string{bk.addr(), other.addr()}, Config{Interval: interval, Timeout: time.Second})
+	rec.healthy(0)
+	b := p.Backends()[0]
+
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // live traffic: an answer every 5ms
+		defer close(done)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				b.Answered()
+			}
+		}
+	}()
+	// while traffic flows, the other backend's beats are the clock: in the
+	// time it takes 16 beats, the busy one takes about 16/(maxSkipped+1)
+	bk.awaitHits(t, bk.hits.Load()+1) // in step with the traffic
+	from, otherFrom := bk.hits.Load(), other.hits.Load()
+	other.awaitHits(t, otherFrom+16)
+	saved := bk.hits.Load() - from
+	close(stop)
+	<-done
+	assert.LessOrEqual(t, saved, int64(16/(maxSkipped+1)+2), "beats while traffic flowed")
+	assert.GreaterOrEqual(t, saved, int64(2), "every fourth beat still goes out")
+
+	// no more answers: the beats resume at the interval
+	from, otherFrom = bk.hits.Load(), other.hits.Load()
+	other.awaitHits(t, otherFrom+8)
+	assert.GreaterOrEqual(t, bk.hits.Load()-from, int64(6), "beats resumed")
+}
