@@ -112,23 +112,24 @@ func (pr *prober) run() {
 // still checked on a busy backend.
 const maxSkipped = 3
 
-// coveredByTraffic returns how long the next beat can wait because the
-// backend answered a live request within the last interval (a hung one
-// answers none, so beats resume and hang detection is unchanged), or 0.
+// coveredByTraffic returns how long the beat now due can wait because the
+// backend answers live requests: it answered one within the last interval
+// and no request has waited on it longer than a quarter of the timeout.
+// A hung backend answers none and its requests wait, so its beats go out on
+// the usual schedule and hang detection is unchanged. 0: beat now.
 func (pr *prober) coveredByTraffic() time.Duration {
 	if pr.skipped >= maxSkipped {
 		return 0
 	}
 	last := pr.b.answered.Load()
-	if last == 0 {
+	if last == 0 || time.Duration(time.Now().UnixNano()-last) >= pr.cfg.Interval {
 		return 0
 	}
-	age := time.Duration(time.Now().UnixNano() - last)
-	if age >= pr.cfg.Interval {
+	if pr.b.stuck(pr.cfg.Timeout / 4) {
 		return 0
 	}
 	pr.skipped++
-	return max(pr.jitter(pr.cfg.Interval)-age, time.Millisecond)
+	return pr.jitter(pr.cfg.Interval)
 }
 
 // jitter spreads beats by ±10% so that many backends do not beat in lockstep.

@@ -130,7 +130,7 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 				due(b.leaseUntil)
 			}
 		case pol.Restarter != nil && p.wantsRestart(b, pol):
-			if at := b.lastGood.Add(pol.After); b.reason == Hang && now.Before(at) {
+			if at := b.lastAnswer().Add(pol.After); b.reason == Hang && now.Before(at) {
 				due(at)
 				continue
 			}
@@ -152,7 +152,7 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 			b.recent = append(b.recent, now)
 			p.set(b, Restarting, reason, nil)
 			due(b.leaseUntil)
-			requests = append(requests, request{b, reason, b.lastGood, b.lease})
+			requests = append(requests, request{b, reason, b.lastAnswer(), b.lease})
 		}
 	}
 	p.mu.Unlock()
@@ -169,6 +169,15 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 		}()
 	}
 	return next
+}
+
+// lastAnswer is when b last answered as expected, a heartbeat or a live
+// request. Callers hold p.mu.
+func (b *Backend) lastAnswer() time.Time {
+	if live := b.answered.Load(); live > b.lastGood.UnixNano() {
+		return time.Unix(0, live)
+	}
+	return b.lastGood
 }
 
 // wantsRestart: a hang (or an expired restart), and a crash when the
