@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -136,15 +135,7 @@ func BenchmarkHangToRestart(b *testing.B) {
 	var toRestart, toServing []time.Duration
 	for i := 0; i < b.N; i++ {
 		victim := i % len(addrs)
-		healthy := func(p caddymodule.PoolStatus) bool {
-			for _, bk := range p.Backends {
-				if bk.State.String() != "healthy" {
-					return false
-				}
-			}
-			return true
-		}
-		waitPoolB(b, admin, healthy)
+		waitPool(b, admin, "all healthy", allState("healthy"))
 		pid := backendPid(addrs[victim])
 		// a random phase within the heartbeat interval
 		time.Sleep(time.Duration(rand.IntN(250)) * time.Millisecond)
@@ -152,9 +143,9 @@ func BenchmarkHangToRestart(b *testing.B) {
 		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 			b.Fatal(err)
 		}
-		p := waitPoolB(b, admin, func(p caddymodule.PoolStatus) bool { return p.Backends[victim].State.String() == "restarting" })
+		p := waitPool(b, admin, "restarting", func(p caddymodule.PoolStatus) bool { return p.Backends[victim].State.String() == "restarting" })
 		toRestart = append(toRestart, p.Backends[victim].Since.Sub(stopped))
-		p = waitPoolB(b, admin, func(p caddymodule.PoolStatus) bool { return p.Backends[victim].State.String() == "healthy" })
+		p = waitPool(b, admin, "healthy again", func(p caddymodule.PoolStatus) bool { return p.Backends[victim].State.String() == "healthy" })
 		toServing = append(toServing, p.Backends[victim].Since.Sub(stopped))
 	}
 	slices.Sort(toRestart)
@@ -162,22 +153,4 @@ func BenchmarkHangToRestart(b *testing.B) {
 	b.ReportMetric(float64(toRestart[len(toRestart)/2].Milliseconds()), "ms-to-restart-p50")
 	b.ReportMetric(float64(toRestart[len(toRestart)*9/10].Milliseconds()), "ms-to-restart-p90")
 	b.ReportMetric(float64(toServing[len(toServing)/2].Milliseconds()), "ms-to-serving-p50")
-}
-
-func waitPoolB(b *testing.B, admin string, cond func(caddymodule.PoolStatus) bool) caddymodule.PoolStatus {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		res, err := http.Get("http://" + admin + "/failover/pools")
-		if err == nil {
-			var ps []caddymodule.PoolStatus
-			err = json.NewDecoder(res.Body).Decode(&ps)
-			res.Body.Close()
-			if err == nil && len(ps) == 1 && cond(ps[0]) {
-				return ps[0]
-			}
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	b.Fatal("pool never reached the awaited state")
-	return caddymodule.PoolStatus{}
 }

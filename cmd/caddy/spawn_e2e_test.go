@@ -19,27 +19,27 @@ import (
 )
 
 // poolsAt reads failover's admin API.
-func poolsAt(t *testing.T, admin string) []caddymodule.PoolStatus {
+func poolsAt(tb testing.TB, admin string) []caddymodule.PoolStatus {
 	res, err := http.Get("http://" + admin + "/failover/pools")
-	require.NoError(t, err)
+	require.NoError(tb, err)
 	defer res.Body.Close()
 	var out []caddymodule.PoolStatus
-	require.NoError(t, json.NewDecoder(res.Body).Decode(&out))
+	require.NoError(tb, json.NewDecoder(res.Body).Decode(&out))
 	return out
 }
 
 // waitPool polls (bounded) until cond holds for the only pool.
-func waitPool(t *testing.T, admin, what string, cond func(caddymodule.PoolStatus) bool) caddymodule.PoolStatus {
+func waitPool(tb testing.TB, admin, what string, cond func(caddymodule.PoolStatus) bool) caddymodule.PoolStatus {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		ps := poolsAt(t, admin)
+		ps := poolsAt(tb, admin)
 		if len(ps) == 1 && cond(ps[0]) {
 			return ps[0]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("never %s; pools: %+v", what, ps)
+			tb.Fatalf("never %s; pools: %+v", what, ps)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 

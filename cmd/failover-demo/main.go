@@ -448,7 +448,9 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 		return nil, fmt.Errorf("%w\ncaddy log:\n%s", err, tailString(caddy.Logs(), 2000))
 	}
 	if spawned {
-		pids = chaos.WatchPids(rig.Addrs(), rig.IDs(), 20*time.Millisecond, view.restart)
+		// every 200ms: enough to count restarts; more would load the backends
+		// of this run only, and bias the comparison
+		pids = chaos.WatchPids(rig.Addrs(), rig.IDs(), 200*time.Millisecond, view.restart)
 		for i, pid := range pids.Pids() {
 			view.line(time.Now(), "backend %s on %s, pid %d (spawned by caddy)", rig.IDs()[i], rig.Addrs()[i], pid)
 		}
