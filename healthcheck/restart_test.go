@@ -107,16 +107,29 @@ func restartConfig() Config {
 	return Config{Path: "/health", Interval: 50 * time.Millisecond, Timeout: 100 * time.Millisecond}
 }
 
-func TestHungBackendIsRestarted(t *testing.T) {
-	sup := newProcSupervisor(t)
+// pairUnder starts two backends under sup, a pool over them with the given
+// config (restartConfig when zero) and restart policy, and waits until both
+// are healthy. Backend 0 is the one the tests break.
+func pairUnder(t *testing.T, sup *procSupervisor, pol RestartPolicy, cfg Config) (*child, *Pool, *recorder) {
+	t.Helper()
+	if cfg == (Config{}) {
+		cfg = restartConfig()
+	}
 	a, b := freeAddr(t), freeAddr(t)
 	ca := sup.start(a)
 	sup.start(b)
-	p, rec := newPool(t, []string{a, b}, restartConfig())
-	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 200 * time.Millisecond, Lease: 10 * time.Second})
+	p, rec := newPool(t, []string{a, b}, cfg)
+	pol.Restarter = sup
+	p.SetRestartPolicy(pol)
 	p.Start()
 	rec.healthy(0)
 	rec.healthy(1)
+	return ca, p, rec
+}
+
+func TestHungBackendIsRestarted(t *testing.T) {
+	sup := newProcSupervisor(t)
+	ca, p, rec := pairUnder(t, sup, RestartPolicy{After: 200 * time.Millisecond, Lease: 10 * time.Second}, Config{})
 
 	stopped := time.Now()
 	ca.signal(t, syscall.SIGSTOP)
@@ -128,20 +141,13 @@ func TestHungBackendIsRestarted(t *testing.T) {
 	back := rec.healthy(0)
 	assert.Equal(t, Restarting, back.From)
 	assert.EqualValues(t, 1, sup.calls.Load(), "one restart request")
-	assert.NotEqual(t, ca.pid(), sup.kid(a).pid(), "a new process serves")
+	assert.NotEqual(t, ca.pid(), sup.kid(ca.addr).pid(), "a new process serves")
 	assert.Positive(t, p.RetryAfter(), "a restart time was learnt")
 }
 
 func TestCrashedBackendLeftToItsSupervisor(t *testing.T) {
 	sup := newProcSupervisor(t)
-	a, b := freeAddr(t), freeAddr(t)
-	ca := sup.start(a)
-	sup.start(b)
-	p, rec := newPool(t, []string{a, b}, restartConfig())
-	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 10 * time.Millisecond})
-	p.Start()
-	rec.healthy(0)
-	rec.healthy(1)
+	ca, p, rec := pairUnder(t, sup, RestartPolicy{After: 10 * time.Millisecond}, Config{})
 
 	ca.end() // SIGKILL: the process is gone; its supervisor restarts exits itself
 	rec.ejected(0, Crash)
@@ -166,14 +172,7 @@ func TestCrashedBackendLeftToItsSupervisor(t *testing.T) {
 func TestRestartLeaseExpiresAndIsRequestedAgain(t *testing.T) {
 	sup := newProcSupervisor(t)
 	sup.noop.Store(true) // the supervisor says yes and does nothing
-	a, b := freeAddr(t), freeAddr(t)
-	ca := sup.start(a)
-	sup.start(b)
-	p, rec := newPool(t, []string{a, b}, restartConfig())
-	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 10 * time.Millisecond, Lease: 200 * time.Millisecond})
-	p.Start()
-	rec.healthy(0)
-	rec.healthy(1)
+	ca, _, rec := pairUnder(t, sup, RestartPolicy{After: 10 * time.Millisecond, Lease: 200 * time.Millisecond}, Config{})
 
 	ca.signal(t, syscall.SIGSTOP)
 	first := rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
@@ -225,14 +224,7 @@ func TestRestartBudget(t *testing.T) {
 func TestFailedRestartRequestIsRetried(t *testing.T) {
 	sup := newProcSupervisor(t)
 	sup.failing.Store(1)
-	a, b := freeAddr(t), freeAddr(t)
-	ca := sup.start(a)
-	sup.start(b)
-	p, rec := newPool(t, []string{a, b}, restartConfig())
-	p.SetRestartPolicy(RestartPolicy{Restarter: sup, After: 10 * time.Millisecond})
-	p.Start()
-	rec.healthy(0)
-	rec.healthy(1)
+	ca, _, rec := pairUnder(t, sup, RestartPolicy{After: 10 * time.Millisecond}, Config{})
 	ca.signal(t, syscall.SIGSTOP)
 	r1 := rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
 	back := rec.waitFor(0, wait, "back to waiting", to(0, Ejected, Hang))
@@ -246,14 +238,7 @@ func TestFailedRestartRequestIsRetried(t *testing.T) {
 func TestCrashLoopBacksOff(t *testing.T) {
 	sup := newProcSupervisor(t)
 	sup.noop.Store(true) // restarts that never bring the backend back
-	a, b := freeAddr(t), freeAddr(t)
-	ca := sup.start(a)
-	sup.start(b)
-	p, rec := newPool(t, []string{a, b}, restartConfig())
-	p.SetRestartPolicy(RestartPolicy{Restarter: sup, Crashed: true, Lease: 50 * time.Millisecond})
-	p.Start()
-	rec.healthy(0)
-	rec.healthy(1)
+	ca, _, rec := pairUnder(t, sup, RestartPolicy{Crashed: true, Lease: 50 * time.Millisecond}, Config{})
 	ca.end()
 	for range restartBurst + 1 {
 		rec.waitFor(0, 5*time.Second, "restarting", to(0, Restarting, anyReason))

@@ -171,21 +171,9 @@ func (c *Caddy) probe(ctx context.Context) error {
 	c.mu.Lock()
 	admin := c.admin
 	c.mu.Unlock()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/config/", nil)
-	if err != nil {
+	var body json.RawMessage
+	if err := getJSON(ctx, adminClient, admin, "/config/", &body); err != nil {
 		return err
-	}
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("admin GET /config/: %s", resp.Status)
 	}
 	listen, err := listenAddrs(body)
 	if err != nil {
