@@ -37,7 +37,9 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 type PoolStatus struct {
 	// ID is unique per pool for the life of the process: a reload that
 	// keeps a pool keeps its ID.
-	ID       uint64                 `json:"id"`
+	ID uint64 `json:"id"`
+	// Held is the number of requests waiting for a backend now.
+	Held     int64                  `json:"held"`
 	Backends []healthcheck.Snapshot `json:"backends"`
 }
 
@@ -47,8 +49,8 @@ func servePools(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := []PoolStatus{}
 	pools.Range(func(_, v any) bool {
-		p := v.(runningPool).Pool
-		out = append(out, PoolStatus{ID: p.ID(), Backends: p.Snapshot()})
+		p := v.(runningPool)
+		out = append(out, PoolStatus{ID: p.ID(), Held: p.held.Load(), Backends: p.Snapshot()})
 		return true
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })

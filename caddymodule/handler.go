@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
+	"github.com/crashonly/caddy-failover/caddymodule/restart"
 	"github.com/crashonly/caddy-failover/caddymodule/spawn"
 	"github.com/crashonly/caddy-failover/healthcheck"
 )
@@ -50,8 +53,10 @@ type Handler struct {
 	// before it is answered 503 with Retry-After. Default 10s.
 	Hold caddy.Duration `json:"hold,omitempty"`
 
-	// Most requests held at once; past it, 503 at once. This also bounds
-	// the memory held request bodies take. Default 1024.
+	// Most requests held at once by the pool (handlers that front the same
+	// upstreams with the same health settings share one); past it, 503 at
+	// once. This also bounds the memory held request bodies take.
+	// Default 1024.
 	MaxHeld int `json:"max_held,omitempty"`
 
 	// Extra attempts a request may make after its first, each on a backend
@@ -96,19 +101,41 @@ type Handler struct {
 	// time. Default off.
 	SlowStart caddy.Duration `json:"slow_start,omitempty"`
 
-	pool      *healthcheck.Pool
-	poolKey   string
-	backends  []*healthcheck.Backend
-	methods   map[string]struct{}
-	hold      time.Duration
-	maxHeld   int64
-	retries   int
+	pool     *healthcheck.Pool
+	poolKey  string
+	backends []*healthcheck.Backend
+	addrs    []string
+	methods  map[string]struct{}
+	hold     time.Duration
+	maxHeld  int64
+	retries  int
+	// held counts the requests its pool holds now, for max_held
+	held      *atomic.Int64
 	ownsInner *reverseproxy.HTTPTransport
+	restarter restart.Restarter // nil: none
 	spawned   *spawn.Group
-	spawnCfg  spawn.Config // as acquired: the key to release
-	logger    *zap.Logger
+	// spawnAddrs and spawnKey identify the processes spawned, if any;
+	// sharedSettings is everything a pool shared by two handlers of one
+	// config does on their behalf (see App.add)
+	spawnAddrs     []string
+	spawnKey       string
+	sharedSettings string
+	logger         *zap.Logger
 	// the embedded reverse_proxy was provisioned (its Cleanup needs that)
 	proxyProvisioned bool
+
+	// counts of requests; retired is closed when the config is cleaned
+	// up (see retire)
+	count   *counts
+	retired chan struct{}
+	idle    chan struct{}
+}
+
+// counts are a handler's request counts, behind a pointer: a module value
+// is copied.
+type counts struct {
+	active atomic.Int64 // requests in ServeHTTP
+	gone   atomic.Bool  // retired
 }
 
 // HealthConfig configures heartbeats; names follow reverse_proxy's.
@@ -137,13 +164,17 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision builds the health pool (or joins the one an unchanged earlier
-// config left running), then provisions reverse_proxy with our selection
-// policy and transport preset.
+// Provision checks the config and builds what the handler needs, without
+// effect on the world: the pool it joins (a running one, across a reload
+// that keeps it, or a new one that probes nothing yet) and the spawned
+// processes' slots, not started. The failover app starts them once the
+// whole config has started (see App).
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	builtin, err := h.provisionSpawn()
-	if err != nil {
+	h.count = new(counts)
+	h.retired = make(chan struct{})
+	h.idle = make(chan struct{}, 1)
+	if err := h.provisionSpawnConfig(); err != nil {
 		return err
 	}
 	if err := h.checkManagedFields(); err != nil {
@@ -158,44 +189,57 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	addrs := make([]string, len(h.Upstreams))
+	h.addrs = make([]string, len(h.Upstreams))
 	for i, u := range h.Upstreams {
-		addrs[i] = u.Dial
+		h.addrs[i] = u.Dial
 	}
 	cfg, err := h.Health.engineConfig()
 	if err != nil {
 		return err
 	}
-	cfg.SlowStart = time.Duration(h.SlowStart)
 	ht, ok := inner.(*reverseproxy.HTTPTransport)
 	if !ok {
 		return fmt.Errorf("failover: transport %T: only the http transport is supported (heartbeats speak HTTP)", inner)
 	}
+	tlsKey := ""
 	if ht.TLS != nil && ht.Transport != nil && ht.Transport.TLSClientConfig != nil {
 		// heartbeats trust what the proxy trusts: CAs, client certs, server name
 		cfg.TLS = ht.Transport.TLSClientConfig.Clone()
 		cfg.TLS.NextProtos = []string{"http/1.1"}
+		b, err := json.Marshal(ht.TLS)
+		if err != nil {
+			return fmt.Errorf("failover: transport tls: %v", err)
+		}
+		tlsKey = string(b)
 	}
-	h.pool, h.poolKey, err = acquirePool(addrs, cfg, h.logger)
+	if err := h.provisionRestarter(ctx); err != nil {
+		return err
+	}
+	rp, key, err := acquirePool(h.addrs, cfg, tlsKey)
 	if err != nil {
 		return err
 	}
+	h.pool, h.poolKey, h.held = rp.Pool, key, rp.held
 	h.backends = h.pool.Backends()
-	if h.spawned != nil {
-		backends := h.backends
-		h.spawned.SetOnExit(func(i int, err error) { backends[i].Report(healthcheck.Gone, err) })
+	if h.Spawn != nil {
+		if h.spawned, err = spawn.Acquire(*h.Spawn, h.logger.Named("spawn")); err != nil {
+			return fmt.Errorf("failover: spawn: %v", err)
+		}
 	}
-	if err := h.provisionRestarts(ctx, builtin); err != nil {
+	app, err := ctx.App("failover")
+	if err != nil {
+		return fmt.Errorf("failover: loading the failover app: %v", err)
+	}
+	if err := app.(*App).add(h); err != nil {
 		return err
 	}
 
-	n := len(h.backends)
 	h.Transport = &transport{inner: inner, h: h}
 	h.LoadBalancing = &reverseproxy.LoadBalancing{
 		SelectionPolicy: &selector{h: h},
 		// Caddy's loop ends after this many iterations; our selector ends
-		// it sooner. Uncounted (refused) attempts are at most one per backend.
-		Retries: h.retries + n + 1,
+		// it sooner (see Select).
+		Retries: math.MaxInt32,
 		// Replays are decided by the transport (DialError); nothing else
 		// may be retried, not even a GET whose body could not be kept.
 		RetryMatchRaw: caddyhttp.RawMatcherSets{caddy.ModuleMap{"not": json.RawMessage(`[{}]`)}},
@@ -303,7 +347,9 @@ func (h *Handler) provisionInnerTransport(ctx caddy.Context) (http.RoundTripper,
 	return t, nil
 }
 
-// Cleanup releases the pool; its probers stop when no config uses it.
+// Cleanup retires the handler: requests it holds go to the config that
+// replaces it, and its pool and processes are released once its last
+// request has ended (see retire).
 func (h *Handler) Cleanup() error {
 	// Caddy cleans up a module whose Provision failed; reverse_proxy's
 	// Cleanup panics unless its own Provision ran, and would release
@@ -312,40 +358,63 @@ func (h *Handler) Cleanup() error {
 	if h.proxyProvisioned {
 		err = h.Handler.Cleanup()
 	}
-	if h.poolKey != "" {
-		releasePool(h.poolKey)
-	}
-	if h.spawned != nil {
-		spawn.Release(h.spawnCfg)
-	}
-	if h.ownsInner != nil {
-		_ = h.ownsInner.Cleanup()
-	}
+	h.retire()
 	return err
 }
 
 var errNoBackend = errors.New("no backend in service")
 
 // ServeHTTP gives the request its failover state and lets reverse_proxy
-// run its loop, in which our selector and transport take the decisions.
+// run its loop, in which our selector and transport take the decisions. A
+// request that arrives while no backend is in service is held here, before
+// reverse_proxy reads its body, so that it can still be handed to the
+// config that replaces this one (see redispatch).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	h.count.active.Add(1)
+	defer h.done()
 	st := getRequestState()
 	defer putRequestState(st)
-	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	if r.ContentLength == 0 {
 		// no body (a server request's is never nil): spare reverse_proxy
 		// wrapping and buffering it, as it would drop it later anyway
 		r.Body = nil
 	}
+	if !h.anyInService() {
+		switch h.holdFor(r.Context(), st, h.pool.Ready(), h.retired) {
+		case holdRetired:
+			return h.redispatch(w, r)
+		case holdClientGone:
+			return caddyhttp.Error(499, r.Context().Err())
+		case holdExpired:
+			return h.noBackend(w)
+		}
+	}
+	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	err := h.Handler.ServeHTTP(w, r, next)
 	switch {
 	case r.Context().Err() != nil && err != nil:
 		return caddyhttp.Error(499, r.Context().Err())
+	case st.retired:
+		return h.redispatch(w, r)
 	case st.noBackend:
-		w.Header().Set("Retry-After", h.retryAfter())
-		return caddyhttp.Error(http.StatusServiceUnavailable, errNoBackend)
+		return h.noBackend(w)
 	}
 	return err
+}
+
+func (h *Handler) noBackend(w http.ResponseWriter) error {
+	w.Header().Set("Retry-After", h.retryAfter())
+	return caddyhttp.Error(http.StatusServiceUnavailable, errNoBackend)
+}
+
+// anyInService reports whether a backend is in service, without a lock.
+func (h *Handler) anyInService() bool {
+	for _, b := range h.backends {
+		if b.InService() {
+			return true
+		}
+	}
+	return false
 }
 
 // retryAfter is the Retry-After of a 503 that ends a hold: when the pool

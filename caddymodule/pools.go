@@ -2,44 +2,67 @@ package caddymodule
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
 
 	"github.com/crashonly/caddy-failover/healthcheck"
 )
 
 // pools holds the health pools of all loaded configs, keyed by what defines
-// them. A reload with an unchanged pool finds it here, running, with every
-// backend's health: Caddy provisions the new config before it cleans up the
-// old one, so the count never drops to zero in between.
+// how their backends are probed. A reload that keeps a pool's key finds it
+// here, running, with every backend's health: Caddy provisions the new
+// config before it cleans up the old one, so the count never drops to zero
+// in between. Settings that do not change probing (restart policy, slow
+// start, logger) are applied to the pool in place when a config starts.
 var pools = caddy.NewUsagePool()
 
-type runningPool struct{ *healthcheck.Pool }
+// runningPool is a pool and what its handlers share of it: max_held counts
+// the requests held by every handler of the pool.
+type runningPool struct {
+	*healthcheck.Pool
+	held *atomic.Int64
+}
 
 func (p runningPool) Destruct() error {
 	p.Close()
 	return nil
 }
 
-func poolKey(addrs []string, cfg healthcheck.Config) string {
-	tls := cfg.TLS != nil
-	insecure := tls && cfg.TLS.InsecureSkipVerify
-	return fmt.Sprintf("%q path=%q host=%q interval=%v timeout=%v fails=%d passes=%d status=%d-%d tls=%v insecure=%v",
-		addrs, cfg.Path, cfg.Host, cfg.Interval, cfg.Timeout, cfg.Fails, cfg.Passes, cfg.StatusMin, cfg.StatusMax, tls, insecure)
+func poolKey(addrs []string, cfg healthcheck.Config, tlsKey string) string {
+	return fmt.Sprintf("%q path=%q host=%q interval=%v timeout=%v fails=%d passes=%d status=%d-%d tls=%s",
+		addrs, cfg.Path, cfg.Host, cfg.Interval, cfg.Timeout, cfg.Fails, cfg.Passes, cfg.StatusMin, cfg.StatusMax, tlsKey)
 }
 
-func acquirePool(addrs []string, cfg healthcheck.Config, log *zap.Logger) (*healthcheck.Pool, string, error) {
-	key := poolKey(addrs, cfg)
+// acquirePool returns the pool of key, making one that probes nothing
+// until Start if no loaded config has it.
+func acquirePool(addrs []string, cfg healthcheck.Config, tlsKey string) (runningPool, string, error) {
+	key := poolKey(addrs, cfg, tlsKey)
 	v, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
-		p := healthcheck.NewPool(addrs, cfg, log.Named("health"))
-		p.Start()
-		return runningPool{p}, nil
+		return runningPool{healthcheck.NewPool(addrs, cfg, nil), new(atomic.Int64)}, nil
 	})
 	if err != nil {
-		return nil, "", err
+		return runningPool{}, "", err
 	}
-	return v.(runningPool).Pool, key, nil
+	return v.(runningPool), key, nil
 }
 
 func releasePool(key string) { _, _ = pools.Delete(key) }
+
+// backendsAt calls f for every backend at addr in every started pool: a
+// process's exit, or a roll of its slot, concerns all the pools that probe
+// it, whichever config made them.
+func backendsAt(addr string, f func(*healthcheck.Pool, *healthcheck.Backend)) {
+	pools.Range(func(_, v any) bool {
+		p := v.(runningPool).Pool
+		if !p.Started() {
+			return true
+		}
+		for _, b := range p.Backends() {
+			if b.Addr == addr {
+				f(p, b)
+			}
+		}
+		return true
+	})
+}

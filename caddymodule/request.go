@@ -22,12 +22,15 @@ type tried struct {
 // requestState is what the selector and transport remember of one request
 // across reverse_proxy's attempts. Pooled: the hot path allocates none.
 type requestState struct {
-	tried     []tried
-	current   *healthcheck.Backend
-	attempts  int // attempts started
-	unsent    int // attempts that provably never reached a backend
+	tried    []tried
+	current  *healthcheck.Backend
+	attempts int // attempts started
+	// free counts attempts that do not count against retries: those that
+	// failed because their backend crashed or hung (or never got them)
+	free      int
 	holdUntil time.Time
 	noBackend bool // ended because no backend came into service in time
+	retired   bool // ended because the config was replaced while it held
 	stopped   bool
 	flight    healthcheck.Flight
 	triedBuf  [8]tried

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -20,24 +21,40 @@ func (a restarter) Restart(ctx context.Context, b *healthcheck.Backend, reason h
 	return a.r.Restart(ctx, restart.Target{Backend: b.Addr, Index: b.Index, Reason: reason.String(), Since: lastGood})
 }
 
-// provisionRestarts loads the restarter (or takes the built-in supervisor's)
-// and installs the restart policy on the pool. A pool shared across a
-// reload gets the newest config's policy: it is provisioned before the old
-// config is cleaned up.
-func (h *Handler) provisionRestarts(ctx caddy.Context, builtin restart.Restarter) error {
-	var r restart.Restarter
-	switch {
-	case h.RestartRaw != nil:
+// provisionRestarter loads the restarter module, if any, and records the
+// settings a shared pool applies on the handler's behalf (App.add).
+func (h *Handler) provisionRestarter(ctx caddy.Context) error {
+	shared := struct {
+		Restart              json.RawMessage
+		After, Timeout, Slow caddy.Duration
+		MaxRestarting        int
+		Crashed              *bool
+		Spawn                string
+	}{h.RestartRaw, h.RestartAfter, h.RestartTimeout, h.SlowStart, h.MaxRestarting, h.RestartCrashed, h.spawnKey}
+	b, err := json.Marshal(shared)
+	if err != nil {
+		return fmt.Errorf("failover: %v", err)
+	}
+	h.sharedSettings = string(b)
+	if h.RestartRaw != nil {
 		mod, err := ctx.LoadModule(h, "RestartRaw")
 		if err != nil {
 			return fmt.Errorf("failover: loading restarter: %v", err)
 		}
-		r = mod.(restart.Restarter)
-	case builtin != nil:
-		r = builtin
-	default:
-		h.pool.SetRestartPolicy(healthcheck.RestartPolicy{})
-		return nil
+		h.restarter = mod.(restart.Restarter)
+	}
+	return nil
+}
+
+// restartPolicy is the policy the pool applies for this handler once its
+// config has started: the restarter's, or the built-in supervisor's.
+func (h *Handler) restartPolicy() healthcheck.RestartPolicy {
+	r := h.restarter
+	if r == nil && h.spawned != nil {
+		r = spawnRestarter{h.spawned}
+	}
+	if r == nil {
+		return healthcheck.RestartPolicy{}
 	}
 	crashed := true
 	if w, ok := r.(restart.ExitWatcher); ok && w.RestartsOnExit() {
@@ -46,14 +63,13 @@ func (h *Handler) provisionRestarts(ctx caddy.Context, builtin restart.Restarter
 	if h.RestartCrashed != nil {
 		crashed = *h.RestartCrashed
 	}
-	h.pool.SetRestartPolicy(healthcheck.RestartPolicy{
+	return healthcheck.RestartPolicy{
 		Restarter:     restarter{r},
 		After:         time.Duration(h.RestartAfter),
 		Lease:         time.Duration(h.RestartTimeout),
 		MaxRestarting: h.MaxRestarting,
 		Crashed:       crashed,
-	})
-	return nil
+	}
 }
 
 func (h *Handler) validateRestarts() error {
@@ -70,28 +86,28 @@ func (h *Handler) validateRestarts() error {
 	return nil
 }
 
-// provisionSpawn starts (or, across a reload, joins) the built-in
-// supervisor's processes, whose addresses become the upstreams. It returns
-// the supervisor as a restarter.
-func (h *Handler) provisionSpawn() (restart.Restarter, error) {
+// provisionSpawnConfig checks the built-in supervisor's config, whose
+// addresses become the upstreams. Nothing is started here.
+func (h *Handler) provisionSpawnConfig() error {
 	if h.Spawn == nil {
-		return nil, nil
+		return nil
 	}
 	if len(h.Upstreams) > 0 {
-		return nil, fmt.Errorf("failover: spawn gives the upstreams (its ports or to); do not list them as well")
+		return fmt.Errorf("failover: spawn gives the upstreams (its ports or to); do not list them as well")
 	}
 	if err := h.Spawn.Validate(); err != nil {
-		return nil, fmt.Errorf("failover: %v", err)
+		return fmt.Errorf("failover: %v", err)
 	}
-	for _, a := range h.Spawn.Addrs() {
+	h.spawnAddrs = h.Spawn.Addrs()
+	for _, a := range h.spawnAddrs {
 		h.Upstreams = append(h.Upstreams, &reverseproxy.Upstream{Dial: a})
 	}
-	g, err := spawn.Acquire(*h.Spawn, h.logger.Named("spawn"))
+	b, err := json.Marshal(h.Spawn)
 	if err != nil {
-		return nil, fmt.Errorf("failover: spawn: %v", err)
+		return fmt.Errorf("failover: spawn: %v", err)
 	}
-	h.spawned, h.spawnCfg = g, *h.Spawn
-	return spawnRestarter{g}, nil
+	h.spawnKey = string(b)
+	return nil
 }
 
 // spawnRestarter restarts a spawned backend: kill its process group, start

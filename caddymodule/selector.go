@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"context"
 	"math/rand/v2"
 	"net/http"
 	"sync/atomic"
@@ -17,7 +16,6 @@ import (
 type selector struct {
 	h    *Handler
 	next atomic.Uint64
-	held atomic.Int64 // requests holding now
 }
 
 // Select returns the backend for the next attempt, or nil to end the loop.
@@ -29,7 +27,7 @@ func (s *selector) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ htt
 	}
 	h := s.h
 	for !st.stopped {
-		if st.attempts-min(st.unsent, len(h.backends)) > h.retries {
+		if st.attempts-st.free > h.retries {
 			break
 		}
 		ready := h.pool.Ready()
@@ -40,9 +38,20 @@ func (s *selector) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ htt
 			st.attempts++
 			return pool[i]
 		}
-		if !s.hold(r.Context(), st, ready) {
-			break
+		// A request without a body can still be handed to the config
+		// that replaces this one; one whose body reverse_proxy has
+		// taken stays, and is served by this config's backends.
+		var retired <-chan struct{}
+		if r.Body == nil {
+			retired = h.retired
 		}
+		res := h.holdFor(r.Context(), st, ready, retired)
+		if res == holdReady {
+			continue
+		}
+		st.noBackend = res == holdExpired
+		st.retired = res == holdRetired
+		break
 	}
 	st.stopped = true
 	st.current = nil
@@ -72,36 +81,4 @@ func (s *selector) pick(st *requestState) int {
 		}
 	}
 	return fallback
-}
-
-// hold waits, within the request's hold budget, until a backend enters
-// service (ready is closed), the client leaves, or the budget runs out. It
-// reports whether to look for a backend again.
-func (s *selector) hold(ctx context.Context, st *requestState, ready <-chan struct{}) bool {
-	h := s.h
-	if st.holdUntil.IsZero() {
-		st.holdUntil = time.Now().Add(h.hold)
-	}
-	remaining := time.Until(st.holdUntil)
-	if remaining <= 0 {
-		st.noBackend = true
-		return false
-	}
-	if s.held.Add(1) > h.maxHeld {
-		s.held.Add(-1)
-		st.noBackend = true
-		return false
-	}
-	defer s.held.Add(-1)
-	t := time.NewTimer(remaining)
-	defer t.Stop()
-	select {
-	case <-ready:
-		return true
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		st.noBackend = true
-		return false
-	}
 }

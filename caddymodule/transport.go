@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -30,6 +32,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.inner.RoundTrip(req)
 	}
 	b := st.current
+	b.Acquire()
+	defer b.ReleaseActive()
 	if !t.h.replayable(req) {
 		res, err := t.inner.RoundTrip(req)
 		if err != nil {
@@ -49,6 +53,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if res != nil {
 			res.Body.Close()
 		}
+		st.freeAttempt(t.h.hold)
 		return nil, reverseproxy.NewDialError(fmt.Errorf("%s: %w", b.Addr, healthcheck.ErrRescued))
 	}
 	if err != nil {
@@ -59,14 +64,17 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return res, nil
 }
 
-// failed reports a failed attempt and decides whether it is replayed.
+// failed reports a failed attempt and decides whether it is replayed. An
+// attempt that failed because its backend crashed or hung does not count
+// against retries: the request is replayed, on a peer or on the same
+// backend's next life, until its hold runs out, whatever the pool size.
 func (t *transport) failed(ctx context.Context, b *healthcheck.Backend, st *requestState, err error, replayable bool) error {
 	if ctx.Err() != nil {
 		return err // the client left: not the backend's fault
 	}
 	if _, ok := errors.AsType[reverseproxy.DialError](err); ok {
 		// never reached the backend: reverse_proxy replays it, any method
-		st.unsent++
+		st.freeAttempt(t.h.hold)
 		if refused(err) {
 			b.Report(healthcheck.Gone, err)
 		} else {
@@ -74,19 +82,37 @@ func (t *transport) failed(ctx context.Context, b *healthcheck.Backend, st *requ
 		}
 		return err
 	}
+	crashOrHang := true
 	switch {
 	case errors.Is(err, syscall.ECONNRESET):
 		b.Report(healthcheck.Gone, err)
 	case isTimeout(err):
 		b.Report(healthcheck.Timeout, err)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		// the connection closed without an answer: a crash, or an
+		// idle-close race (which Go's transport replays itself for
+		// idempotent requests); a beat tells which
+		b.Probe()
 	default:
-		// EOF and the like: a crash or an idle-close race; a beat tells
+		crashOrHang = false
 		b.Probe()
 	}
-	if replayable {
-		return reverseproxy.NewDialError(err)
+	if !replayable {
+		return err
 	}
-	return err
+	if crashOrHang {
+		st.freeAttempt(t.h.hold)
+	}
+	return reverseproxy.NewDialError(err)
+}
+
+// freeAttempt records an attempt that does not count against retries. The
+// replays it allows are bounded by the hold, counted from the first.
+func (st *requestState) freeAttempt(hold time.Duration) {
+	st.free++
+	if st.holdUntil.IsZero() {
+		st.holdUntil = time.Now().Add(hold)
+	}
 }
 
 // refused reports a connection refused. reverse_proxy's DialError (v2.11.9)

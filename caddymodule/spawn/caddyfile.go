@@ -26,6 +26,7 @@ var shorthandsBack = strings.NewReplacer(
 //		ports <from>-<to>|<port>...
 //		to <host:port|host:from-to...>
 //		env <key> <value>
+//		pass_env <names...>|*
 //		dir <path>
 //		stop_timeout <duration>
 //	}
@@ -84,6 +85,12 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				c.Env = make(map[string]string)
 			}
 			c.Env[k] = v
+		case "pass_env":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Err("spawn pass_env: expected variable names, or * for Caddy's whole environment")
+			}
+			c.PassEnv = append(c.PassEnv, args...)
 		case "dir":
 			args := d.RemainingArgs()
 			if len(args) != 1 {
@@ -101,7 +108,7 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			c.StopTimeout = caddy.Duration(dur)
 		default:
-			return d.Errf("spawn: unknown subdirective %q (expected ports, to, env, dir or stop_timeout)", sub)
+			return d.Errf("spawn: unknown subdirective %q (expected ports, to, env, pass_env, dir or stop_timeout)", sub)
 		}
 	}
 	if err := c.check(); err != nil {

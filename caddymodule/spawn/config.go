@@ -1,13 +1,14 @@
 package spawn
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -49,9 +50,15 @@ type Config struct {
 	// One backend per host:port address. Set either ports or upstreams.
 	Upstreams []string `json:"upstreams,omitempty"`
 
-	// Environment variables added to Caddy's own environment (which the
-	// processes inherit), overriding variables of the same name.
+	// Environment variables of the processes, on top of the base
+	// environment (see pass_env), overriding variables of the same name.
 	Env map[string]string `json:"env,omitempty"`
+
+	// Variables of Caddy's own environment the processes get, on top of
+	// the few every process gets (PATH, HOME, USER, LOGNAME, SHELL, LANG,
+	// LC_ALL, TZ, TMPDIR, as systemd gives its services); ["*"] passes
+	// Caddy's whole environment, secrets included. Default: none.
+	PassEnv []string `json:"pass_env,omitempty"`
 
 	// Working directory of the processes. Default: Caddy's.
 	Dir string `json:"dir,omitempty"`
@@ -79,16 +86,6 @@ func (c Config) stopTimeout() time.Duration {
 		return time.Duration(c.StopTimeout)
 	}
 	return DefaultStopTimeout
-}
-
-// key identifies a config in the pool of running groups. encoding/json
-// writes map keys sorted, so equal configs give equal keys.
-func (c Config) key() string {
-	b, err := json.Marshal(c)
-	if err != nil { // cannot happen with these field types
-		return fmt.Sprintf("%#v", c)
-	}
-	return string(b)
 }
 
 // Validate reports what is wrong with the config, naming the value: every
@@ -165,6 +162,9 @@ func (c Config) check() error {
 			return fmt.Errorf("spawn env %s: value contains a NUL byte", k)
 		}
 	}
+	if err := checkPassEnv(c.PassEnv); err != nil {
+		return err
+	}
 	if c.StopTimeout < 0 {
 		return fmt.Errorf("spawn stop_timeout %v: must not be negative", time.Duration(c.StopTimeout))
 	}
@@ -203,19 +203,11 @@ func parsePortRange(s string) (from, to int, err error) {
 	return from, to, nil
 }
 
-// backend is one backend's resolved command.
-type backend struct {
-	index int
-	addr  string
-	argv  []string
-	env   []string // nil: Caddy's environment
-	dir   string
-}
-
-// backends fills in the placeholders for every backend.
-func (c Config) backends() []backend {
+// specs fills in the placeholders for every backend.
+func (c Config) specs() []Spec {
 	addrs := c.Addrs()
-	bs := make([]backend, len(addrs))
+	base := c.baseEnv()
+	specs := make([]Spec, len(addrs))
 	for i, addr := range addrs {
 		host, port, _ := net.SplitHostPort(addr)
 		repl := caddy.NewReplacer()
@@ -223,19 +215,19 @@ func (c Config) backends() []backend {
 		repl.Set("host", host)
 		repl.Set("backend", addr)
 		repl.Set("index", strconv.Itoa(i))
-		b := backend{index: i, addr: addr, dir: repl.ReplaceKnown(c.Dir, "")}
-		b.argv = make([]string, len(c.Command))
+		s := Spec{Addr: addr, Index: i, Dir: repl.ReplaceKnown(c.Dir, ""), StopTimeout: c.stopTimeout()}
+		s.Argv = make([]string, len(c.Command))
 		for j, a := range c.Command {
-			b.argv[j] = repl.ReplaceKnown(a, "")
+			s.Argv[j] = repl.ReplaceKnown(a, "")
 		}
-		if len(c.Env) > 0 {
-			// exec.Cmd keeps the last of duplicate names: ours win
-			b.env = os.Environ()
-			for k, v := range c.Env {
-				b.env = append(b.env, k+"="+repl.ReplaceKnown(v, ""))
-			}
+		// exec.Cmd keeps the last of duplicate names: env wins, and the
+		// orphan tag comes last so that nothing overrides it
+		s.Env = slices.Clone(base)
+		for _, k := range slices.Sorted(maps.Keys(c.Env)) {
+			s.Env = append(s.Env, k+"="+repl.ReplaceKnown(c.Env[k], ""))
 		}
-		bs[i] = b
+		s.Env = append(s.Env, orphanTag())
+		specs[i] = s
 	}
-	return bs
+	return specs
 }

@@ -1,7 +1,6 @@
 package spawn
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -248,40 +247,37 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func TestKeyIsStable(t *testing.T) {
-	a := Config{Command: []string{"app"}, Ports: []int{1, 2}, Env: map[string]string{"A": "1", "B": "2", "C": "3"}}
-	b := Config{Command: []string{"app"}, Ports: []int{1, 2}, Env: map[string]string{"C": "3", "B": "2", "A": "1"}}
-	assert.Equal(t, a.key(), b.key())
-	c := a
-	c.Ports = []int{2, 1}
-	assert.NotEqual(t, a.key(), c.key())
-
-	// JSON round trip keeps the key (a reload re-reads the JSON)
-	raw, err := json.Marshal(a)
-	require.NoError(t, err)
-	var back Config
-	require.NoError(t, json.Unmarshal(raw, &back))
-	assert.Equal(t, a.key(), back.key())
-}
-
-func TestBackends(t *testing.T) {
+func TestSpecs(t *testing.T) {
 	t.Setenv("SPAWN_TEST_HOME", "/home/x")
+	t.Setenv("SPAWN_TEST_SECRET", "s3cret")
 	c := Config{
 		Command:   []string{"app", "-addr", "{backend}", "-p", "{port}", "-h", "{host}", "-i", "{index}", "{env.SPAWN_TEST_HOME}", "{unknown}", `{"json":1}`},
 		Upstreams: []string{"10.0.0.1:80", "[::1]:81"},
 		Env:       map[string]string{"PORT": "{port}"},
 		Dir:       "/srv/{index}",
+		PassEnv:   []string{"SPAWN_TEST_HOME"},
 	}
-	bs := c.backends()
-	require.Len(t, bs, 2)
-	assert.Equal(t, []string{"app", "-addr", "[::1]:81", "-p", "81", "-h", "::1", "-i", "1", "/home/x", "{unknown}", `{"json":1}`}, bs[1].argv)
-	assert.Equal(t, "/srv/1", bs[1].dir)
-	assert.Equal(t, "PORT=81", bs[1].env[len(bs[1].env)-1])
-	assert.Contains(t, bs[1].env, "SPAWN_TEST_HOME=/home/x", "Caddy's environment is inherited")
-	assert.Equal(t, 0, bs[0].index)
-	assert.Equal(t, "10.0.0.1:80", bs[0].addr)
+	ss := c.specs()
+	require.Len(t, ss, 2)
+	assert.Equal(t, []string{"app", "-addr", "[::1]:81", "-p", "81", "-h", "::1", "-i", "1", "/home/x", "{unknown}", `{"json":1}`}, ss[1].Argv)
+	assert.Equal(t, "/srv/1", ss[1].Dir)
+	assert.Contains(t, ss[1].Env, "PORT=81")
+	assert.Contains(t, ss[1].Env, "SPAWN_TEST_HOME=/home/x", "pass_env passes it")
+	assert.Contains(t, ss[1].Env, "PATH="+os.Getenv("PATH"))
+	assert.Equal(t, orphanTag(), ss[1].Env[len(ss[1].Env)-1], "the orphan tag comes last: nothing overrides it")
+	for _, kv := range ss[1].Env {
+		assert.NotContains(t, kv, "SPAWN_TEST_SECRET", "Caddy's environment is not inherited")
+	}
+	assert.Equal(t, 0, ss[0].Index)
+	assert.Equal(t, "10.0.0.1:80", ss[0].Addr)
 
-	assert.Nil(t, Config{Command: []string{"app"}, Ports: []int{1}}.backends()[0].env, "no env: inherit as is")
+	all := Config{Command: []string{"app"}, Ports: []int{1}, PassEnv: []string{"*"}}.specs()[0]
+	assert.Contains(t, all.Env, "SPAWN_TEST_SECRET=s3cret", "pass_env * passes everything")
+
+	assert.True(t, ss[0].sameProcess(c.specs()[0]))
+	c2 := c
+	c2.Env = map[string]string{"PORT": "{port}", "X": "1"}
+	assert.False(t, ss[0].sameProcess(c2.specs()[0]), "an env change is another process")
 }
 
 func TestBackoffDelay(t *testing.T) {

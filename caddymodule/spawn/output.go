@@ -17,15 +17,14 @@ const maxLine = 16 << 10
 // (after the process exits, see drainGrace). Both streams are logged at info
 // level, like systemd's journal does: many programs write their ordinary
 // log to stderr; the field stream tells them apart.
-func (g *Group) pipeLines(r io.ReadCloser, stream string, fields []zap.Field) {
-	defer g.readers.Done()
+func pipeLines(log func() *zap.Logger, r io.ReadCloser, stream string, fields []zap.Field) {
 	defer r.Close()
 	fields = append(fields[:len(fields):len(fields)], zap.String("stream", stream))
 	br := bufio.NewReaderSize(r, maxLine)
 	for {
 		line, err := br.ReadSlice('\n')
 		truncated := errors.Is(err, bufio.ErrBufferFull)
-		g.logLine(line, truncated, fields)
+		logLine(log(), line, truncated, fields)
 		for errors.Is(err, bufio.ErrBufferFull) { // skip the rest of the line
 			_, err = br.ReadSlice('\n')
 		}
@@ -35,12 +34,12 @@ func (g *Group) pipeLines(r io.ReadCloser, stream string, fields []zap.Field) {
 	}
 }
 
-func (g *Group) logLine(line []byte, truncated bool, fields []zap.Field) {
+func logLine(log *zap.Logger, line []byte, truncated bool, fields []zap.Field) {
 	line = bytes.TrimRight(line, "\r\n")
 	if len(bytes.TrimSpace(line)) == 0 {
 		return
 	}
-	ce := g.logger().Check(zap.InfoLevel, string(line))
+	ce := log.Check(zap.InfoLevel, string(line))
 	if ce == nil {
 		return
 	}

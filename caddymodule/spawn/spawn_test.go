@@ -136,15 +136,10 @@ func acquire(t *testing.T, cfg Config, log *zap.Logger) *Group {
 	t.Helper()
 	g, err := Acquire(cfg, log)
 	require.NoError(t, err)
-	t.Cleanup(func() {
-		// release every use left, so a failed test leaves no process behind
-		for {
-			if n, ok := groups.References(cfg.key()); !ok || n == 0 {
-				return
-			}
-			Release(cfg)
-		}
-	})
+	t.Cleanup(g.Release) // a failed test leaves no process behind
+	changed, err := g.Start()
+	require.NoError(t, err)
+	require.Empty(t, changed)
 	return g
 }
 
@@ -289,14 +284,17 @@ func TestReloadKeepsProcessesLastReleaseStopsThem(t *testing.T) {
 	log2, logs2 := observed()
 	g2, err := Acquire(cfg, log2)
 	require.NoError(t, err)
-	assert.Same(t, g, g2)
+	changed, err := g2.Start()
+	require.NoError(t, err)
+	assert.Empty(t, changed, "same command: nothing to replace")
 	assert.Equal(t, pids, g2.Pids())
-	Release(cfg)
+	g.Release()
 	for i, addr := range cfg.Addrs() {
 		assert.Equal(t, pids[i], pidAt(t, addr), "same process after the reload")
 	}
 
 	// The newest config's logger is used from now on.
+	g = g2
 	require.NoError(t, g.Restart(context.Background(), 0))
 	assert.Equal(t, 1, logs2.FilterMessage("backend process killed for a restart").Len())
 	assert.Equal(t, 1, logs2.FilterMessage("backend process started").Len())
@@ -313,7 +311,7 @@ func TestReloadKeepsProcessesLastReleaseStopsThem(t *testing.T) {
 
 	// caddy stop
 	start := time.Now()
-	Release(cfg)
+	g.Release()
 	assert.Less(t, time.Since(start), 2*time.Second, "the backends and their children stop on SIGTERM, well before the timeout (zombies do not count)")
 	for i, pid := range pids {
 		assert.False(t, alive(pid), "backend %d (pid %d) is gone", i, pid)
@@ -323,8 +321,8 @@ func TestReloadKeepsProcessesLastReleaseStopsThem(t *testing.T) {
 		// its reaper (init) may take a moment
 		waitFor(t, 2*time.Second, fmt.Sprintf("grandchild %d gone", pid), func() bool { return !alive(pid) })
 	}
-	_, ok := groups.References(cfg.key())
-	assert.False(t, ok, "the group left the pool")
+	_, ok := slots.References(cfg.Addrs()[0])
+	assert.False(t, ok, "the slot left the pool")
 	assert.Zero(t, exits.Load(), "a stop is not reported as exits")
 	assert.ErrorIs(t, g.Restart(context.Background(), 0), ErrStopped)
 
@@ -343,13 +341,12 @@ func TestStopKillsWhatIgnoresSIGTERM(t *testing.T) {
 		Ports:       ports,
 		StopTimeout: caddy.Duration(300 * time.Millisecond),
 	}
-	g, err := Acquire(cfg, log)
-	require.NoError(t, err)
+	g := acquire(t, cfg, log)
 	pid := g.Pid(0)
 	waitFor(t, 5*time.Second, "ready", func() bool { return logs.FilterMessage("ready").Len() > 0 })
 
 	start := time.Now()
-	Release(cfg)
+	g.Release()
 	took := time.Since(start)
 	assert.GreaterOrEqual(t, took, 300*time.Millisecond, "SIGTERM was ignored, SIGKILL came after the timeout")
 	assert.Less(t, took, 3*time.Second)
@@ -361,12 +358,11 @@ func TestStopReachesStoppedProcess(t *testing.T) {
 	log, _ := observed()
 	ports := freePorts(t, 1)
 	cfg := backendConfig(ports)
-	g, err := Acquire(cfg, log)
-	require.NoError(t, err)
+	g := acquire(t, cfg, log)
 	pid := pidAt(t, cfg.Addrs()[0])
 	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
 	start := time.Now()
-	Release(cfg)
+	g.Release()
 	assert.Less(t, time.Since(start), 3*time.Second, "SIGCONT lets the stopped process act on SIGTERM")
 	assert.False(t, alive(pid))
 	assert.Zero(t, g.Pid(0))
@@ -420,19 +416,23 @@ func TestCrashLoopBacksOff(t *testing.T) {
 
 	// Stopping during a backoff wait is immediate.
 	start := time.Now()
-	Release(cfg)
+	g.Release()
 	assert.Less(t, time.Since(start), time.Second)
 }
 
 func TestAcquireFailsToStart(t *testing.T) {
 	ports := freePorts(t, 2)
 	cfg := Config{Command: []string{"/nonexistent/backend"}, Ports: ports}
-	_, err := Acquire(cfg, nil)
+	g, err := Acquire(cfg, nil)
+	require.NoError(t, err, "Acquire starts nothing, so it cannot fail to")
+	assert.Zero(t, g.Pids()[0])
+	_, err = g.Start()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "/nonexistent/backend")
 	assert.Contains(t, err.Error(), cfg.Addrs()[0])
-	_, ok := groups.References(cfg.key())
-	assert.False(t, ok, "a failed start leaves nothing in the pool")
+	g.Release()
+	_, ok := slots.References(cfg.Addrs()[0])
+	assert.False(t, ok, "released: nothing left in the pool")
 
 	_, err = Acquire(Config{Command: []string{backendBin}}, nil)
 	assert.ErrorContains(t, err, "no backends")
@@ -505,6 +505,8 @@ func BenchmarkKillToServing(b *testing.B) {
 		b.StopTimer()
 		g, err := Acquire(cfg, nil)
 		require.NoError(b, err)
+		_, err = g.Start()
+		require.NoError(b, err)
 		exits := make(chan time.Time, 1)
 		g.SetOnExit(func(int, error) { exits <- time.Now() })
 		waitHealthy(b, addr)
@@ -517,7 +519,7 @@ func BenchmarkKillToServing(b *testing.B) {
 		exitLatency += (<-exits).Sub(start)
 
 		b.StopTimer()
-		Release(cfg)
+		g.Release()
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(exitLatency.Microseconds())/float64(b.N), "exit-µs/op")

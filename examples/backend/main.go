@@ -29,6 +29,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -36,9 +38,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -86,9 +90,25 @@ func main() {
 	}
 	fmt.Printf("listening %s pid=%d\n", ln.Addr(), s.pid)
 
-	// No graceful shutdown: this process is crash-only, it ends by dying.
+	// Crash-only: it ends by dying, except that SIGTERM (a deploy, a
+	// supervisor's stop) drains it first: it stops accepting, finishes the
+	// requests in flight, and exits 0. Its heartbeat answers 503 with
+	// Failover-Drain while it does, for a proxy that reads that.
 	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	go func() {
+		<-term
+		s.draining.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), maxWork+time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		os.Exit(0)
+	}()
 	err = srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		select {} // draining: the SIGTERM handler exits
+	}
 	if s.closed.Load() {
 		select {} // POST /close-listener: open connections go on being served
 	}
@@ -104,7 +124,8 @@ type server struct {
 	crashAfter int64
 	hangAfter  int64
 
-	served atomic.Int64 // application requests answered so far
+	served   atomic.Int64 // application requests answered so far
+	draining atomic.Bool  // SIGTERM received
 	hung   atomic.Bool  // set by POST /hang or -hang-after: every request blocks
 }
 
@@ -113,6 +134,9 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("/health", s.health)
 	mux.Handle("/work", s.counted(http.HandlerFunc(s.work)))
 	mux.Handle("/order", s.counted(http.HandlerFunc(s.order)))
+	mux.HandleFunc("GET /env/{name}", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, os.Getenv(r.PathValue("name")))
+	})
 	mux.HandleFunc("POST /crash", func(http.ResponseWriter, *http.Request) { os.Exit(2) })
 	// close-listener refuses new connections while the open ones (such as a
 	// proxy's held heartbeat connection) go on being served: a half-dead
@@ -186,6 +210,10 @@ func (s *server) health(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		methodNotAllowed(w, "GET, HEAD")
 		return
+	}
+	if s.draining.Load() {
+		w.Header().Set("Failover-Drain", "1")
+		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	io.WriteString(w, "ok")
 }

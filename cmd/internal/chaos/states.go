@@ -52,6 +52,7 @@ type BackendStatus struct {
 // PoolStatus is one pool in GET /failover/pools.
 type PoolStatus struct {
 	ID       uint64          `json:"id"`
+	Held     int64           `json:"held"`
 	Backends []BackendStatus `json:"backends"`
 }
 

@@ -1,0 +1,108 @@
+package caddymodule
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App runs what failover handlers need while their config runs: heartbeat
+// probers, spawned processes, restarts. Handlers register with it when
+// they are provisioned; nothing runs until the whole config has started.
+//
+// Caddy provisions a config (caddy validate stops there), then starts its
+// apps one by one, and only then stops the config it replaces. A failed
+// start stops the apps already started. So the app applies its handlers'
+// settings to the shared pools and processes when Caddy reports the config
+// started (its "started" event): a reload that fails never touches what the
+// running config uses. The app is loaded by the first failover handler;
+// it has no settings of its own.
+type App struct {
+	handlers []*Handler
+	log      *zap.Logger
+
+	// committed: the config started and its settings were applied; only
+	// the goroutine that loads the config touches it
+	committed bool
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "failover",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision subscribes to Caddy's "started" event.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.log = ctx.Logger()
+	ev, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("failover: loading the events app: %v", err)
+	}
+	return ev.(*caddyevents.App).On("started", started{a})
+}
+
+// started is the app's handler of Caddy's "started" event.
+type started struct{ a *App }
+
+func (s started) Handle(context.Context, caddy.Event) error {
+	s.a.commit()
+	return nil
+}
+
+// add registers a provisioned handler. Handlers of one config that share a
+// pool (same upstreams and heartbeat settings) must agree on everything
+// the pool does on their behalf; else which one wins would depend on the
+// order of the config.
+func (a *App) add(h *Handler) error {
+	for _, o := range a.handlers {
+		if o.poolKey == h.poolKey && o.sharedSettings != h.sharedSettings {
+			return fmt.Errorf("failover: two failover handlers front the same upstreams %v with the same heartbeat settings but different restart, spawn or slow_start settings; give them the same settings (they share one pool) or different health settings", h.addrs)
+		}
+		for _, addr := range h.spawnAddrs {
+			for _, oa := range o.spawnAddrs {
+				if addr == oa && o.spawnKey != h.spawnKey {
+					return fmt.Errorf("failover: backend %s is spawned by two failover handlers with different spawn settings; one process cannot run two commands", addr)
+				}
+			}
+		}
+	}
+	a.handlers = append(a.handlers, h)
+	return nil
+}
+
+// Start does nothing: see commit.
+func (a *App) Start() error { return nil }
+
+// Stop does nothing: a stopped config's handlers retire at Cleanup, once
+// the server has stopped sending them requests (see Handler.retire).
+func (a *App) Stop() error { return nil }
+
+// commit starts the handlers' pools and processes, and applies their
+// settings to the pools and processes they share with the config they
+// replace.
+func (a *App) commit() {
+	if a.committed {
+		return
+	}
+	a.committed = true
+	rolled := map[string]bool{}
+	for _, h := range a.handlers {
+		h.start(!rolled[h.spawnKey])
+		rolled[h.spawnKey] = true
+	}
+}
+
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+)

@@ -1,0 +1,236 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/crashonly/caddy-failover/caddymodule/spawn"
+	"github.com/crashonly/caddy-failover/healthcheck"
+)
+
+// start runs the handler once its config has started: it applies the
+// handler's settings to its pool, starts its spawned processes and its
+// pool's probers (both no-ops when they run already), and replaces the
+// processes that an earlier config started with another command, one at a
+// time (roll, when this handler is the one to do it).
+func (h *Handler) start(roll bool) {
+	h.pool.Apply(healthcheck.Settings{
+		Restart:   h.restartPolicy(),
+		SlowStart: time.Duration(h.SlowStart),
+		Log:       h.logger.Named("health"),
+	})
+	var changed []int
+	if h.spawned != nil {
+		addrs := h.spawned.Addrs()
+		h.spawned.SetOnExit(func(i int, err error) { reportExit(addrs[i], err) })
+		var err error
+		if changed, err = h.spawned.Start(); err != nil {
+			h.logger.Error("spawn", zap.Error(err))
+		}
+	}
+	h.pool.Start()
+	if roll && len(changed) > 0 {
+		startRoll(h.spawnAddrs, h.spawned, h.logger)
+	}
+}
+
+// reportExit tells every pool that probes addr that its process exited: it
+// is gone (a draining backend's exit is graceful, and the engine knows it).
+func reportExit(addr string, err error) {
+	if err == nil {
+		err = errors.New("the backend process exited")
+	}
+	backendsAt(addr, func(_ *healthcheck.Pool, b *healthcheck.Backend) { b.Report(healthcheck.Gone, err) })
+}
+
+// Rolls replace spawned processes one at a time, at most one roll per
+// set of processes: a newer config's roll cancels an older one's.
+var (
+	rollsMu sync.Mutex
+	rolls   = map[string]context.CancelFunc{}
+)
+
+// rollStep bounds each step of a roll: the drain of a backend's requests,
+// and its return to service with the new command.
+const rollStep = 30 * time.Second
+
+func startRoll(addrs []string, g *spawn.Group, log *zap.Logger) {
+	key := fmt.Sprint(addrs)
+	ctx, cancel := context.WithCancel(context.Background())
+	rollsMu.Lock()
+	if prev := rolls[key]; prev != nil {
+		prev()
+	}
+	rolls[key] = cancel
+	rollsMu.Unlock()
+	go func() {
+		defer func() {
+			rollsMu.Lock()
+			if ctx.Err() == nil {
+				delete(rolls, key)
+			}
+			rollsMu.Unlock()
+			cancel()
+		}()
+		if err := roll(ctx, g); err != nil && ctx.Err() == nil {
+			log.Error("spawn: rolling out the new command stopped; the backends not yet replaced run the old one", zap.Error(err))
+		}
+	}()
+}
+
+// roll replaces, one at a time, every backend of g that runs another
+// command than g's: drain it (no new requests, in-flight ones finish),
+// stop it gracefully, start the new command, and wait until it is back in
+// service before the next. A graceful exit of a draining backend is not a
+// crash: no false ejection, no restart.
+func roll(ctx context.Context, g *spawn.Group) error {
+	for i, addr := range g.Addrs() {
+		if g.Current(i) {
+			continue
+		}
+		backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Drain(b) })
+		step, cancel := context.WithTimeout(ctx, rollStep)
+		backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { _ = p.WaitIdle(step, b) })
+		err := g.Replace(step, i)
+		if err == nil {
+			err = waitListening(step, addr)
+		}
+		backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Return(b) })
+		if err == nil {
+			err = waitInService(step, addr)
+		}
+		cancel()
+		if err != nil {
+			return fmt.Errorf("backend %s: %w", addr, err)
+		}
+	}
+	return nil
+}
+
+// waitListening waits until addr accepts connections: until then a
+// heartbeat would be refused, and a refused backend is a crash.
+func waitListening(ctx context.Context, addr string) error {
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the new process never listened: %w", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// waitInService waits until every pool that probes addr has it in service.
+func waitInService(ctx context.Context, addr string) error {
+	for {
+		var ready []<-chan struct{}
+		backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) {
+			if !b.InService() {
+				ready = append(ready, p.Ready())
+			}
+		})
+		if len(ready) == 0 {
+			return nil
+		}
+		select {
+		case <-ready[0]:
+		case <-ctx.Done():
+			return errors.New("not back in service after its replacement")
+		}
+	}
+}
+
+// retire ends the handler's part in the pool and processes it uses. Its
+// held requests wake and go to the config that replaced it (redispatch);
+// its pool and processes are released once its last request has ended, so
+// that requests in flight finish on processes that still run: Caddy cleans
+// up a replaced config right after it told its servers to shut down, while
+// they may still be serving. A pool or process the new config shares stays.
+func (h *Handler) retire() {
+	if h.retired == nil || h.count.gone.Swap(true) {
+		return // Provision failed before it could take anything
+	}
+	close(h.retired)
+	if h.count.active.Load() == 0 {
+		h.release()
+		return
+	}
+	go func() {
+		t := time.NewTimer(maxRetireWait)
+		defer t.Stop()
+		for h.count.active.Load() > 0 {
+			select {
+			case <-h.idle:
+			case <-t.C:
+				h.logger.Warn("releasing a replaced config's pool although requests are still in flight on it",
+					zap.Int64("requests", h.count.active.Load()), zap.Duration("waited", maxRetireWait))
+				h.release()
+				return
+			}
+		}
+		h.release()
+	}()
+}
+
+// maxRetireWait bounds how long a replaced config's pool and processes
+// wait for its last request. Caddy's own grace period is eternal unless
+// set; a request stuck on a backend that nothing restarts must not keep
+// them forever.
+const maxRetireWait = 10 * time.Minute
+
+func (h *Handler) release() {
+	if h.poolKey != "" {
+		releasePool(h.poolKey)
+	}
+	if h.spawned != nil {
+		h.spawned.Release()
+	}
+	if h.ownsInner != nil {
+		_ = h.ownsInner.Cleanup()
+	}
+}
+
+// done ends a request in ServeHTTP; the last one of a retired handler
+// wakes retire.
+func (h *Handler) done() {
+	if h.count.active.Add(-1) == 0 && h.count.gone.Load() {
+		select {
+		case h.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// redispatch hands a request held by a replaced config to the server of
+// the running config that has its name, as if it had arrived there. Its
+// hold so far is not counted again: the new config's backends are others.
+func (h *Handler) redispatch(w http.ResponseWriter, r *http.Request) error {
+	old, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if old != nil && r.Context().Value(redispatchedKey{}) == nil {
+		if app, err := caddy.ActiveContext().AppIfConfigured("http"); err == nil {
+			if srv := app.(*caddyhttp.App).Servers[old.Name()]; srv != nil && srv != old {
+				r = r.WithContext(context.WithValue(r.Context(), redispatchedKey{}, true))
+				srv.ServeHTTP(w, r)
+				return nil
+			}
+		}
+	}
+	return h.noBackend(w)
+}
+
+// redispatchedKey marks a request handed over once: never twice.
+type redispatchedKey struct{}
