@@ -126,7 +126,7 @@ type server struct {
 
 	served   atomic.Int64 // application requests answered so far
 	draining atomic.Bool  // SIGTERM received
-	hung   atomic.Bool  // set by POST /hang or -hang-after: every request blocks
+	hung     atomic.Bool  // set by POST /hang or -hang-after: every request blocks
 }
 
 func (s *server) routes() http.Handler {
