@@ -437,3 +437,46 @@ func taggedProcesses(t *testing.T, caddyPid int) []int {
 	}
 	return pids
 }
+
+// A reload applies every changed setting: a pool whose heartbeats are
+// unchanged keeps its states and takes the new restart policy and slow
+// start in place; changed heartbeats make a new pool.
+func TestReloadAppliesEveryChange(t *testing.T) {
+	r := newRig(t, 2)
+	dir := t.TempDir()
+	ranA, ranB := filepath.Join(dir, "ranA"), filepath.Join(dir, "ranB")
+	block := `failover {{upstreams}} {
+	health_uri /health
+	restart_after 100ms
+	restart exec sh -c "echo {backend} >> %s"
+	%s
+}`
+	r.start(fmt.Sprintf(block, ranA, ""))
+	before := r.waitStates(10*time.Second, "healthy", "healthy")
+
+	require.NoError(t, r.caddy.Reload(r.caddyfile(fmt.Sprintf(block, ranB, "slow_start 30s"))))
+	after := r.pools()
+	require.Len(t, after, 1)
+	assert.Equal(t, before.ID, after[0].ID, "same heartbeats: the same pool")
+	for i := range before.Backends {
+		assert.True(t, before.Backends[i].Since.Equal(after[0].Backends[i].Since), "backend %d kept its state", i)
+	}
+
+	// the new restart command is in force
+	require.NoError(t, r.backends[1].Stop())
+	waitFor(t, 10*time.Second, "the new restarter ran", func() bool {
+		b, _ := os.ReadFile(ranB)
+		return strings.Contains(string(b), r.addrs[1])
+	})
+	assert.NoFileExists(t, ranA, "the old restart command is not used")
+	// the new slow start is in force: back from the restart, on probation
+	require.NoError(t, r.backends[1].Cont())
+	r.waitStates(10*time.Second, "healthy", "probation")
+
+	// changed heartbeats: a new pool, and the old one is gone
+	require.NoError(t, r.caddy.Reload(r.caddyfile(fmt.Sprintf(block, ranB, "health_interval 300ms"))))
+	waitFor(t, 10*time.Second, "only the new pool left", func() bool {
+		ps := r.pools()
+		return len(ps) == 1 && ps[0].ID != before.ID
+	})
+}
