@@ -27,10 +27,9 @@ func init() {
 type App struct {
 	handlers []*Handler
 	log      *zap.Logger
-
-	// committed: the config started and its settings were applied; only
-	// the goroutine that loads the config touches it
-	committed bool
+	// started counts the handlers started; only the goroutine that loads
+	// the config touches it
+	started int
 }
 
 // CaddyModule returns the Caddy module information.
@@ -91,15 +90,12 @@ func (a *App) Stop() error { return nil }
 // settings to the pools and processes they share with the config they
 // replace.
 func (a *App) commit() {
-	if a.committed {
-		return
-	}
-	a.committed = true
 	rolled := map[string]bool{}
-	for _, h := range a.handlers {
+	for _, h := range a.handlers[a.started:] {
 		h.start(!rolled[h.spawnKey])
 		rolled[h.spawnKey] = true
 	}
+	a.started = len(a.handlers)
 }
 
 var (

@@ -332,6 +332,7 @@ func benchFailover(b *testing.B, ctx caddy.Context, addr string) *Handler {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = h.Cleanup() })
+	startApp(b, ctx)
 	deadline := time.Now().Add(10 * time.Second)
 	for h.pool.InService() < 1 {
 		ready := h.pool.Ready()
