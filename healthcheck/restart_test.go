@@ -29,11 +29,12 @@ type procSupervisor struct {
 	failing atomic.Int64  // fail this many requests first
 	wg      sync.WaitGroup
 	stop    chan struct{}
-	serial  sync.Mutex // one restart at a time, as a real supervisor does
+	serial  sync.Mutex    // one restart at a time, as a real supervisor does
+	started chan struct{} // closed and replaced when a child is registered
 }
 
 func newProcSupervisor(tb testing.TB) *procSupervisor {
-	s := &procSupervisor{tb: tb, kids: map[string]*child{}, stop: make(chan struct{})}
+	s := &procSupervisor{tb: tb, kids: map[string]*child{}, stop: make(chan struct{}), started: make(chan struct{})}
 	tb.Cleanup(func() { // runs last, after the pool's Close
 		close(s.stop)
 		s.wg.Wait()
@@ -51,8 +52,29 @@ func (s *procSupervisor) start(addr string) *child {
 	c := newChild(s.tb, addr)
 	s.mu.Lock()
 	s.kids[addr] = c
+	close(s.started)
+	s.started = make(chan struct{})
 	s.mu.Unlock()
 	return c
+}
+
+// replaced waits until the child at old's address is another one: the new
+// process may answer heartbeats before the supervisor has registered it.
+func (s *procSupervisor) replaced(tb testing.TB, old *child) *child {
+	tb.Helper()
+	for {
+		s.mu.Lock()
+		c, started := s.kids[old.addr], s.started
+		s.mu.Unlock()
+		if c != old {
+			return c
+		}
+		select {
+		case <-started:
+		case <-timeout():
+			tb.Fatalf("%s was not restarted", old.addr)
+		}
+	}
 }
 
 func (s *procSupervisor) kid(addr string) *child {
@@ -141,7 +163,7 @@ func TestHungBackendIsRestarted(t *testing.T) {
 	back := rec.healthy(0)
 	assert.Equal(t, Restarting, back.From)
 	assert.EqualValues(t, 1, sup.calls.Load(), "one restart request")
-	assert.NotEqual(t, ca.pid(), sup.kid(ca.addr).pid(), "a new process serves")
+	assert.NotEqual(t, ca.pid(), sup.replaced(t, ca).pid(), "a new process serves")
 	assert.Positive(t, p.RetryAfter(), "a restart time was learnt")
 }
 
@@ -269,7 +291,7 @@ func TestGuardedHungLastBackendIsRestarted(t *testing.T) {
 	// the panic guard keeps it in service, but it does not answer
 	rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
 	rec.healthy(0)
-	assert.NotEqual(t, ca.pid(), sup.kid(a).pid())
+	assert.NotEqual(t, ca.pid(), sup.replaced(t, ca).pid())
 }
 
 func TestSlowStartProbation(t *testing.T) {
