@@ -23,7 +23,11 @@ type Pool struct {
 	// ready is closed and replaced whenever a backend enters service; read
 	// without the lock on every request
 	ready atomic.Pointer[chan struct{}]
-	subs  []*Subscription
+	// pending transitions, made under mu, delivered by deliver after it
+	hook    func(Transition)
+	pending []Transition
+	// delivering: one deliverer at a time keeps transitions in order
+	delivering sync.Mutex
 	// the restart policy and what it learnt (restart.go)
 	policy RestartPolicy
 	// restartTook is how long restarts have taken, request to readmission:
@@ -97,7 +101,7 @@ func (p *Pool) Start() {
 	}
 }
 
-// Close stops the probers and subscriptions and waits for them to end.
+// Close stops the probers and waits for them to end.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	if p.closed {
@@ -106,13 +110,18 @@ func (p *Pool) Close() {
 	}
 	p.closed = true
 	p.cancel()
-	subs := p.subs
-	p.subs = nil
 	p.mu.Unlock()
 	p.wg.Wait()
-	for _, s := range subs {
-		s.Close()
-	}
+}
+
+// OnTransition makes f receive every transition from now on, in order, after
+// it is logged; it replaces an earlier f. f runs without the pool's lock, on
+// whichever engine goroutine delivers the transition, so it must be quick;
+// it may call the pool.
+func (p *Pool) OnTransition(f func(Transition)) {
+	p.mu.Lock()
+	p.hook = f
+	p.mu.Unlock()
 }
 
 // Ready returns a channel that is closed the next time any backend enters
@@ -158,7 +167,7 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 	// is two witnesses of a hang: do not wait for the next beat to agree
 	stuck := e == Miss && b.stuck(p.cfg.Timeout)
 	p.mu.Lock()
-	var rescue bool
+	var rescue, guarded bool
 	switch e {
 	case Pass:
 		b.fails = 0
@@ -183,7 +192,7 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 		case b.state == Unknown && b.fails >= p.cfg.Fails:
 			p.eject(b, reason, cause)
 		case b.state.InService() && (b.fails >= p.cfg.Fails || e == Timeout || stuck):
-			rescue = p.ejectGuarded(b, reason, cause)
+			rescue, guarded = p.ejectGuarded(b, reason, cause)
 		}
 	case Gone:
 		b.passes = 0
@@ -194,7 +203,11 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 			p.eject(b, Crash, cause)
 		}
 	}
-	p.mu.Unlock()
+	p.unlock()
+	if guarded {
+		p.log.Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
+			zap.String("backend", b.Addr), zap.Stringer("evidence", e), zap.Error(cause))
+	}
 	if rescue {
 		if n := b.rescue(); n > 0 {
 			p.log.Info("replaying requests in flight on a hung backend",
@@ -232,22 +245,23 @@ func (p *Pool) eject(b *Backend, r Reason, cause error) {
 // ejectGuarded ejects b on evidence that does not prove its process gone,
 // unless b is the last backend in service: heartbeat misses alone must never
 // take the whole pool out (a wrong health path or a slow network would then
-// be a total outage). It reports whether b was ejected for a hang.
-func (p *Pool) ejectGuarded(b *Backend, r Reason, cause error) bool {
+// be a total outage). It reports whether b was ejected for a hang, and
+// whether the guard just engaged (to be logged once the lock is released).
+func (p *Pool) ejectGuarded(b *Backend, r Reason, cause error) (rescue, guarded bool) {
 	if p.inService <= 1 {
 		if b.guarded == ReasonNone {
 			b.guarded = r
 			p.wakeRestarts() // kept in, but maybe to be restarted
-			p.log.Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
-				zap.String("backend", b.Addr), zap.Stringer("reason", r), zap.Error(cause))
+			return false, true
 		}
-		return false
+		return false, false
 	}
 	p.eject(b, r, cause)
-	return r == Hang
+	return r == Hang, false
 }
 
-// set records a transition and publishes it. Callers hold p.mu.
+// set records a transition, to be delivered once p.mu is released (see
+// deliver). Callers hold p.mu.
 func (p *Pool) set(b *Backend, to State, r Reason, cause error) {
 	from := b.state
 	if from == to && b.reason == r {
@@ -273,42 +287,51 @@ func (p *Pool) set(b *Backend, to State, r Reason, cause error) {
 	if cause != nil {
 		t.Cause = cause.Error()
 	}
-	for _, s := range p.subs {
-		s.push(t)
-	}
-	if to == Ejected {
-		p.log.Warn("backend ejected", zap.String("backend", b.Addr),
-			zap.Stringer("reason", r), zap.String("cause", t.Cause))
-	} else {
-		p.log.Info("backend state", zap.String("backend", b.Addr),
-			zap.Stringer("from", from), zap.Stringer("to", to))
-	}
+	p.pending = append(p.pending, t)
 }
 
-// Subscribe returns a subscription that receives every transition from now
-// on, in order, without ever blocking the engine.
-func (p *Pool) Subscribe() *Subscription {
-	s := newSubscription()
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		s.Close()
-		return s
-	}
-	p.subs = append(p.subs, s)
+// unlock releases p.mu and delivers the transitions made under it.
+func (p *Pool) unlock() {
+	has := len(p.pending) > 0
 	p.mu.Unlock()
-	return s
+	if has {
+		p.deliver(false)
+	}
 }
 
-// Unsubscribe stops s and removes it from the pool.
-func (p *Pool) Unsubscribe(s *Subscription) {
-	p.mu.Lock()
-	for i, x := range p.subs {
-		if x == s {
-			p.subs = append(p.subs[:i], p.subs[i+1:]...)
-			break
+// deliver logs the pending transitions and hands them to the hook, in
+// order, with p.mu released. A caller that finds another delivering leaves
+// its transitions to it (the other loops until none is pending), unless
+// wait is set: then it returns only once all pending ones are delivered.
+func (p *Pool) deliver(wait bool) {
+	for {
+		if wait {
+			p.delivering.Lock()
+		} else if !p.delivering.TryLock() {
+			return
+		}
+		p.mu.Lock()
+		ts, hook := p.pending, p.hook
+		p.pending = nil
+		p.mu.Unlock()
+		for _, t := range ts {
+			if t.To == Ejected {
+				p.log.Warn("backend ejected", zap.String("backend", t.Backend),
+					zap.Stringer("reason", t.Reason), zap.String("cause", t.Cause))
+			} else {
+				p.log.Info("backend state", zap.String("backend", t.Backend),
+					zap.Stringer("from", t.From), zap.Stringer("to", t.To), zap.Stringer("reason", t.Reason))
+			}
+			if hook != nil {
+				hook(t)
+			}
+		}
+		p.delivering.Unlock()
+		p.mu.Lock()
+		more := len(p.pending) > 0
+		p.mu.Unlock()
+		if !more {
+			return
 		}
 	}
-	p.mu.Unlock()
-	s.Close()
 }

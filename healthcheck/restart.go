@@ -155,7 +155,7 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 			requests = append(requests, request{b, reason, b.lastAnswer(), b.lease})
 		}
 	}
-	p.mu.Unlock()
+	p.unlock()
 	for _, r := range requests {
 		p.wg.Add(1)
 		go func() {
@@ -202,7 +202,7 @@ func (p *Pool) restartFailed(b *Backend, lease uint64, err error) {
 		b.restartAt = now.Add(max(b.backoff(now), restartBackoff))
 		p.set(b, Ejected, b.reason, fmt.Errorf("restart request failed: %w", err))
 	}
-	p.mu.Unlock()
+	p.unlock()
 	p.log.Error("restart request failed; will retry", zap.String("backend", b.Addr), zap.Error(err))
 	p.wakeRestarts()
 }

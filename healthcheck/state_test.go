@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -418,4 +419,44 @@ func TestStuckFlightEjectsOnFirstMiss(t *testing.T) {
 	feed(p, bs[1], Miss)
 	requireState(t, bs[1], Healthy, ReasonNone)
 	assert.False(t, bs[1].End(g))
+}
+
+// Transitions reach the hook in the order they were made, without the
+// pool's lock held: the hook may call the pool, even cause a transition.
+func TestOnTransition(t *testing.T) {
+	const n = 8
+	p, bs, _ := machine(t, n, Config{Fails: 1})
+	var (
+		mu  sync.Mutex
+		got = map[int][]Transition{}
+	)
+	p.OnTransition(func(tr Transition) {
+		st, _, _ := bs[tr.Index].State() // would deadlock under p.mu
+		mu.Lock()
+		got[tr.Index] = append(got[tr.Index], tr)
+		mu.Unlock()
+		if tr.To == Ejected && tr.Reason == Crash && st == Ejected {
+			feed(p, bs[tr.Index], Pass) // a transition from the hook itself
+		}
+	})
+	var wg sync.WaitGroup
+	for _, b := range bs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				feed(p, b, Pass, Gone, WrongStatus)
+			}
+		}()
+	}
+	wg.Wait()
+	p.deliver(true)
+	for i := range n {
+		trs := got[i]
+		require.NotEmpty(t, trs)
+		assert.Equal(t, Unknown, trs[0].From)
+		for k := 1; k < len(trs); k++ {
+			require.Equal(t, trs[k-1].To, trs[k].From, "backend %d, transition %d out of order", i, k)
+		}
+	}
 }
