@@ -31,6 +31,7 @@ type Backend struct {
 	since  time.Time
 	fails  int // consecutive bad beats
 	passes int // consecutive good beats
+	misses int // consecutive beats unanswered (fails without the answers and refusals)
 	// guarded is why the panic guard keeps b in service (ReasonNone: it
 	// does not).
 	guarded Reason
