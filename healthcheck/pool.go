@@ -144,6 +144,7 @@ type Snapshot struct {
 	Since    time.Time `json:"since"`
 	Beats    uint64    `json:"beats"`
 	InFlight int       `json:"in_flight"`
+	Active   int       `json:"active"`
 }
 
 // Snapshot returns every backend's state, in pool order.
@@ -157,6 +158,54 @@ func (p *Pool) Snapshot() []Snapshot {
 	for i, b := range p.backends {
 		out[i].Beats = b.beats.Load()
 		out[i].InFlight = b.InFlight()
+		out[i].Active = b.Active()
 	}
 	return out
+}
+
+// Drain takes b out of service for an operator, from any state: no new
+// requests, those in flight finish (see WaitIdle). Its heartbeats go on, but
+// no evidence moves it and it is never restarted until Return.
+func (p *Pool) Drain(b *Backend) { p.operate(b, inDrain) }
+
+// Maint takes b out by hand for maintenance, on the same rules as Drain.
+func (p *Pool) Maint(b *Backend) { p.operate(b, inMaint) }
+
+// Return puts a draining or maintained backend back to the normal
+// lifecycle: unknown, beaten at once, in service after its first good
+// beat. It does nothing to a backend in another state.
+func (p *Pool) Return(b *Backend) {
+	if p.operate(b, inReturn) == Unknown {
+		b.Probe()
+	}
+}
+
+// operate applies an operator's action and returns b's new state.
+func (p *Pool) operate(b *Backend, in input) State {
+	p.mu.Lock()
+	p.apply(b, in, nil)
+	s := b.state
+	p.unlock()
+	return s
+}
+
+// WaitIdle returns once no request is in flight on b (see Acquire), or
+// with ctx's error.
+func (p *Pool) WaitIdle(ctx context.Context, b *Backend) error {
+	b.idleMu.Lock()
+	if b.idle == nil {
+		b.idle = make(chan struct{})
+		b.active.Add(idleWaited)
+	}
+	idle := b.idle
+	b.idleMu.Unlock()
+	if b.Active() == 0 {
+		b.wakeIdle()
+	}
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -454,3 +454,28 @@ func TestRestartedBackendAnsweringBadStatusIsNotRestarted(t *testing.T) {
 	assert.Equal(t, Hang, <-calls)
 	assert.Empty(t, calls, "one restart request")
 }
+
+// A drained backend's process may exit (gracefully): heartbeats go on and
+// are counted, but it is neither ejected nor restarted, even with
+// restart_crashed; Return brings it back through unknown.
+func TestDrainedBackendExitIsNotACrash(t *testing.T) {
+	var f *fakeProc
+	f, other, p, rec, calls := fakePair(t, RestartPolicy{After: 10 * time.Millisecond, Crashed: true},
+		func() { f.up(http.StatusOK) })
+	b := p.Backends()[0]
+	p.Drain(b)
+	rec.waitFor(0, wait, "draining", to(0, Draining, Manual))
+	f.down()
+	beats := b.beats.Load()
+	other.awaitHits(t, other.hits.Load()+10) // ten beats of the other one
+	assert.Greater(t, b.beats.Load(), beats+5, "heartbeats go on")
+	requireState(t, b, Draining, Manual)
+	assert.Empty(t, calls, "no restart")
+
+	f.up(http.StatusOK)
+	p.Return(b)
+	tr := rec.healthy(0)
+	assert.Equal(t, Unknown, tr.From)
+	rec.flush()
+	assert.Zero(t, rec.ejections(0), "transitions:%s", rec)
+}

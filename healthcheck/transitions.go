@@ -20,6 +20,10 @@ const (
 	inRestartFailed
 	// inSlowStartOver: the probation time is over.
 	inSlowStartOver
+	// An operator's Drain, Maint and Return.
+	inDrain
+	inMaint
+	inReturn
 )
 
 // observe applies one piece of evidence about b.
@@ -53,6 +57,7 @@ var evidenceReason = [...]Reason{Miss: Hang, Timeout: Hang, WrongStatus: BadStat
 // for a new reason (to be logged).
 func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 	s, r := b.state, b.reason
+	held := s == Draining || s == Maint // by an operator: evidence only counts
 	switch in {
 	case input(Pass):
 		b.passes++
@@ -63,7 +68,7 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 			p.learnRestart(b)
 		}
 		switch {
-		case s.InService():
+		case s.InService() || held:
 		case s == Unknown || b.passes >= p.cfg.Passes:
 			p.admit(b) // unknown needs one pass: it has never failed
 		case s == Restarting:
@@ -123,6 +128,15 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 		if s == Probation {
 			p.set(b, Healthy, ReasonNone, nil)
 		}
+	case inDrain:
+		p.set(b, Draining, Manual, nil)
+	case inMaint:
+		p.set(b, Maint, Manual, nil)
+	case inReturn:
+		if held {
+			b.fails, b.passes, b.misses = 0, 0, 0
+			p.set(b, Unknown, ReasonNone, nil)
+		}
 	default:
 		panic(fmt.Sprintf("healthcheck: unknown input %d", in))
 	}
@@ -181,6 +195,9 @@ func (p *Pool) set(b *Backend, to State, r Reason, cause error) {
 	}
 	now := time.Now()
 	b.state, b.reason, b.since = to, r, now
+	if !to.InService() {
+		b.guarded = ReasonNone // the panic guard keeps backends in service only
+	}
 	if from.InService() != to.InService() {
 		b.inService.Store(to.InService())
 		if to.InService() {
