@@ -113,13 +113,14 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 		}
 	}
 	for _, b := range p.backends {
-		switch {
-		case b.state == Probation:
+		if b.state == Probation {
 			if end := b.since.Add(p.cfg.SlowStart); !now.Before(end) {
 				p.apply(b, inSlowStartOver, nil)
 			} else {
 				due(end)
 			}
+		}
+		switch {
 		case b.state == Restarting:
 			if !now.Before(b.leaseUntil) {
 				p.apply(b, inLeaseExpired, fmt.Errorf("not back %v after the restart request", pol.Lease))

@@ -7,8 +7,43 @@ import (
 	"go.uber.org/zap"
 )
 
-// input is what moves a backend: a piece of Evidence, or one of the timed
-// decisions of the restart policy below.
+// The transition table (docs/states.md has it too, with a diagram; the test
+// TestTransitionTable drives every cell). Rows are inputs, columns states;
+// a cell is the state (reason) that follows, "-" none. r is the backend's
+// reason, F Config.Fails, P Config.Passes; a "fail" is any bad evidence
+// since the last pass (the reason is the F-th's), a "miss" a beat unanswered
+// (miss or timeout) since the last answer or refusal.
+//
+//	input \ state    unknown              healthy, probation          ejected(r)                     restarting(r)            draining          maint
+//	pass             healthy              -                           P-th pass: admit¹              P = 1: admit¹,           -                 -
+//	                                                                                                 else ejected(r)
+//	miss             F-th fail:           F-th fail: ejected(hang)²   r crash or bad-status and      -                        -                 -
+//	                 ejected(hang)                                    F-th miss: ejected(hang)
+//	timeout          as miss              ejected(hang)²              as miss                        -                        -                 -
+//	wrong status     F-th fail:           F-th fail:                  ejected(bad-status)            ejected(bad-status)      -                 -
+//	                 ejected(bad-status)  ejected(bad-status)²
+//	gone             ejected(crash)       ejected(crash)              ejected(crash)                 -                        -                 -
+//	drain            draining(manual)     draining(manual)            draining(manual)               draining(manual)         -                 draining(manual)
+//	maint            maint(manual)        maint(manual)               maint(manual)                  maint(manual)            maint(manual)     -
+//	return           -                    -                           -                              -                        unknown³          unknown³
+//	restart due⁴     -                    guarded(hang):              r hang or lease-expired, or    -                        -                 -
+//	                                      restarting(hang)            crash with restart_crashed:
+//	                                                                  restarting(r)
+//	lease expired    -                    -                           -                              ejected(lease-expired)   -                 -
+//	restart failed   -                    -                           -                              ejected(r)               -                 -
+//	slow start over  -                    probation: healthy          -                              -                        -                 -
+//
+//	¹ probation when slow_start is set, else healthy; from unknown healthy (it never failed, so one pass)
+//	² unless the last in service: the panic guard keeps it (no transition), guarded for that reason;
+//	  new evidence replaces the reason (an answer ends a guarded hang), a pass or leaving service ends it
+//	³ and a beat at once
+//	⁴ a restarter is set, no pass since the last bad evidence, the last answer restart_after ago,
+//	  no crash-loop backoff pending, fewer than max_restarting restarting
+//
+// A miss while a live request waits longer than Timeout is a timeout.
+
+// input is what moves a backend: a piece of Evidence, a timed decision of
+// the restart policy, or an operator's action.
 type input uint8
 
 const (
