@@ -31,6 +31,7 @@ type Backend struct {
 	since  time.Time
 	fails  int // consecutive bad beats
 	passes int // consecutive good beats
+	misses int // consecutive beats unanswered (fails without the answers and refusals)
 	// guarded is why the panic guard keeps b in service (ReasonNone: it
 	// does not).
 	guarded Reason
@@ -50,6 +51,13 @@ type Backend struct {
 
 	// kick wakes the prober for a beat at once.
 	kick chan struct{}
+
+	// active counts requests in flight (see Acquire), plus idleWaited while
+	// WaitIdle waits: then ReleaseActive's one atomic add returns exactly
+	// idleWaited when the last request ends, and only then takes idleMu.
+	active atomic.Int64
+	idleMu sync.Mutex
+	idle   chan struct{} // closed when active drops to 0; nil if none waits
 
 	flightMu sync.Mutex
 	flights  []*Flight
@@ -102,6 +110,34 @@ func (b *Backend) Probe() {
 	select {
 	case b.kick <- struct{}{}:
 	default:
+	}
+}
+
+// idleWaited marks active while WaitIdle waits; counts stay below it.
+const idleWaited = 1 << 32
+
+// Acquire counts a request (any request, replayable or not) in flight on b,
+// until ReleaseActive. Lock-free: the transport calls it on every attempt.
+func (b *Backend) Acquire() { b.active.Add(1) }
+
+// ReleaseActive ends a request counted by Acquire.
+func (b *Backend) ReleaseActive() {
+	if b.active.Add(-1) == idleWaited {
+		b.wakeIdle()
+	}
+}
+
+// Active is the number of requests in flight on b (see Acquire).
+func (b *Backend) Active() int { return int(b.active.Load() % idleWaited) }
+
+// wakeIdle releases WaitIdle's waiters if no request is in flight.
+func (b *Backend) wakeIdle() {
+	b.idleMu.Lock()
+	defer b.idleMu.Unlock()
+	if b.idle != nil && b.Active() == 0 {
+		close(b.idle)
+		b.idle = nil
+		b.active.Add(-idleWaited)
 	}
 }
 

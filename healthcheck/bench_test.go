@@ -70,7 +70,6 @@ func detect(b *testing.B, sig syscall.Signal, want Reason) time.Duration {
 	p := NewPool([]string{c.addr, other.Listener.Addr().String()}, Config{Path: "/health"}, nil)
 	defer p.Close()
 	rec := record(b, p)
-	defer rec.close()
 	p.Start()
 	rec.healthy(0)
 	rec.healthy(1)

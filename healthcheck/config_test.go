@@ -71,13 +71,13 @@ func TestStatusOK(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	for s, name := range map[State]string{Unknown: "unknown", Healthy: "healthy", Ejected: "ejected", Restarting: "restarting", Probation: "probation", 99: "invalid"} {
+	for s, name := range map[State]string{Unknown: "unknown", Healthy: "healthy", Ejected: "ejected", Restarting: "restarting", Probation: "probation", Draining: "draining", Maint: "maint", 99: "invalid"} {
 		assert.Equal(t, name, s.String())
 		b, err := s.MarshalText()
 		require.NoError(t, err)
 		assert.Equal(t, name, string(b))
 	}
-	for s, in := range map[State]bool{Unknown: false, Healthy: true, Ejected: false, Restarting: false, Probation: true} {
+	for s, in := range map[State]bool{Unknown: false, Healthy: true, Ejected: false, Restarting: false, Probation: true, Draining: false, Maint: false} {
 		assert.Equal(t, in, s.InService(), s.String())
 	}
 	for r, name := range map[Reason]string{ReasonNone: "", Crash: "crash", Hang: "hang", BadStatus: "bad-status", LeaseExpired: "lease-expired", Manual: "manual", 99: "invalid"} {
@@ -95,18 +95,18 @@ func TestNames(t *testing.T) {
 	assert.JSONEq(t, `{"backend":"a:1","index":2,"from":"healthy","to":"ejected","reason":"hang","cause":"x","at":"0001-01-01T00:00:00Z"}`, string(j))
 	j, err = json.Marshal(Snapshot{Addr: "a:1", State: Healthy})
 	require.NoError(t, err)
-	assert.JSONEq(t, `{"address":"a:1","state":"healthy","since":"0001-01-01T00:00:00Z","beats":0,"in_flight":0}`, string(j))
+	assert.JSONEq(t, `{"address":"a:1","state":"healthy","since":"0001-01-01T00:00:00Z","beats":0,"in_flight":0,"active":0}`, string(j))
 }
 
 func TestTextRoundTrip(t *testing.T) {
-	for s := Unknown; s <= Probation; s++ {
+	for s := range State(len(stateNames)) {
 		b, err := s.MarshalText()
 		require.NoError(t, err)
 		var got State
 		require.NoError(t, got.UnmarshalText(b))
 		assert.Equal(t, s, got)
 	}
-	for r := ReasonNone; r <= Manual; r++ {
+	for r := range Reason(len(reasonNames)) {
 		b, err := r.MarshalText()
 		require.NoError(t, err)
 		var got Reason
@@ -126,7 +126,7 @@ func TestTextRoundTrip(t *testing.T) {
 	require.NoError(t, json.Unmarshal(j, &back))
 	assert.Equal(t, tr, back)
 
-	snap := Snapshot{Addr: "a:1", State: Restarting, Since: time.Unix(3, 0).UTC(), Beats: 7, InFlight: 2}
+	snap := Snapshot{Addr: "a:1", State: Restarting, Since: time.Unix(3, 0).UTC(), Beats: 7, InFlight: 2, Active: 3}
 	j, err = json.Marshal(snap)
 	require.NoError(t, err)
 	var sback Snapshot

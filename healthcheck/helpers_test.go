@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,10 +63,8 @@ func fast() Config {
 
 // recorder collects every transition a pool publishes, in order.
 type recorder struct {
-	tb   testing.TB
-	sub  *Subscription
-	done chan struct{}
-	once sync.Once
+	tb testing.TB
+	p  *Pool
 
 	mu   sync.Mutex
 	all  []Transition
@@ -78,53 +77,27 @@ type recorder struct {
 // anyBackend makes waitFor look at every backend's transitions.
 const anyBackend = -1
 
-// flushIndex marks the recorder's own sentinel transitions.
-const flushIndex = -99
-
 func record(tb testing.TB, p *Pool) *recorder {
 	tb.Helper()
-	r := &recorder{tb: tb, sub: p.Subscribe(), done: make(chan struct{}), more: make(chan struct{}), next: map[int]int{}}
-	go func() {
-		defer close(r.done)
-		for t := range r.sub.C {
-			r.mu.Lock()
-			r.all = append(r.all, t)
-			close(r.more)
-			r.more = make(chan struct{})
-			r.mu.Unlock()
-		}
-	}()
-	tb.Cleanup(r.close)
+	r := &recorder{tb: tb, p: p, more: make(chan struct{}), next: map[int]int{}}
+	p.OnTransition(func(t Transition) {
+		r.mu.Lock()
+		r.all = append(r.all, t)
+		close(r.more)
+		r.more = make(chan struct{})
+		r.mu.Unlock()
+	})
 	return r
 }
 
-func (r *recorder) close() {
-	r.once.Do(func() {
-		r.sub.Close()
-		<-r.done
-	})
-}
+// flush returns once every transition made so far has been received.
+func (r *recorder) flush() { r.p.deliver(true) }
 
-// flush waits until every transition published so far has been received:
-// a subscription delivers in order, so once a sentinel pushed now arrives,
-// all that came before it has too.
-func (r *recorder) flush() {
-	r.tb.Helper()
-	r.sub.push(Transition{Index: flushIndex})
-	r.waitFor(flushIndex, wait, "flush", func(Transition) bool { return true })
-}
-
-// list returns every transition received so far (sentinels left out).
+// list returns every transition received so far.
 func (r *recorder) list() []Transition {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []Transition
-	for _, t := range r.all {
-		if t.Index != flushIndex {
-			out = append(out, t)
-		}
-	}
-	return out
+	return slices.Clone(r.all)
 }
 
 func (r *recorder) String() string {
@@ -146,7 +119,7 @@ func (r *recorder) waitFor(i int, within time.Duration, what string, want func(T
 		r.mu.Lock()
 		for k := r.next[i]; k < len(r.all); k++ {
 			t := r.all[k]
-			if (i == anyBackend && t.Index != flushIndex || t.Index == i) && want(t) {
+			if (i == anyBackend || t.Index == i) && want(t) {
 				r.next[i] = k + 1
 				if i == anyBackend && r.next[t.Index] <= k {
 					r.next[t.Index] = k + 1

@@ -23,7 +23,11 @@ type Pool struct {
 	// ready is closed and replaced whenever a backend enters service; read
 	// without the lock on every request
 	ready atomic.Pointer[chan struct{}]
-	subs  []*Subscription
+	// pending transitions, made under mu, delivered by deliver after it
+	hook    func(Transition)
+	pending []Transition
+	// delivering: one deliverer at a time keeps transitions in order
+	delivering sync.Mutex
 	// the restart policy and what it learnt (restart.go)
 	policy RestartPolicy
 	// restartTook is how long restarts have taken, request to readmission:
@@ -97,7 +101,7 @@ func (p *Pool) Start() {
 	}
 }
 
-// Close stops the probers and subscriptions and waits for them to end.
+// Close stops the probers and waits for them to end.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	if p.closed {
@@ -106,13 +110,18 @@ func (p *Pool) Close() {
 	}
 	p.closed = true
 	p.cancel()
-	subs := p.subs
-	p.subs = nil
 	p.mu.Unlock()
 	p.wg.Wait()
-	for _, s := range subs {
-		s.Close()
-	}
+}
+
+// OnTransition makes f receive every transition from now on, in order, after
+// it is logged; it replaces an earlier f. f runs without the pool's lock, on
+// whichever engine goroutine delivers the transition, so it must be quick;
+// it may call the pool.
+func (p *Pool) OnTransition(f func(Transition)) {
+	p.mu.Lock()
+	p.hook = f
+	p.mu.Unlock()
 }
 
 // Ready returns a channel that is closed the next time any backend enters
@@ -135,6 +144,7 @@ type Snapshot struct {
 	Since    time.Time `json:"since"`
 	Beats    uint64    `json:"beats"`
 	InFlight int       `json:"in_flight"`
+	Active   int       `json:"active"`
 }
 
 // Snapshot returns every backend's state, in pool order.
@@ -148,167 +158,54 @@ func (p *Pool) Snapshot() []Snapshot {
 	for i, b := range p.backends {
 		out[i].Beats = b.beats.Load()
 		out[i].InFlight = b.InFlight()
+		out[i].Active = b.Active()
 	}
 	return out
 }
 
-// observe is the state machine: it applies one piece of evidence about b.
-func (p *Pool) observe(b *Backend, e Evidence, cause error) {
-	// a missed beat while live requests wait longer than a beat may take
-	// is two witnesses of a hang: do not wait for the next beat to agree
-	stuck := e == Miss && b.stuck(p.cfg.Timeout)
+// Drain takes b out of service for an operator, from any state: no new
+// requests, those in flight finish (see WaitIdle). Its heartbeats go on, but
+// no evidence moves it and it is never restarted until Return.
+func (p *Pool) Drain(b *Backend) { p.operate(b, inDrain) }
+
+// Maint takes b out by hand for maintenance, on the same rules as Drain.
+func (p *Pool) Maint(b *Backend) { p.operate(b, inMaint) }
+
+// Return puts a draining or maintained backend back to the normal
+// lifecycle: unknown, beaten at once, in service after its first good
+// beat. It does nothing to a backend in another state.
+func (p *Pool) Return(b *Backend) {
+	if p.operate(b, inReturn) == Unknown {
+		b.Probe()
+	}
+}
+
+// operate applies an operator's action and returns b's new state.
+func (p *Pool) operate(b *Backend, in input) State {
 	p.mu.Lock()
-	var rescue bool
-	switch e {
-	case Pass:
-		b.fails = 0
-		b.passes++
-		b.guarded = ReasonNone
-		b.lastGood = time.Now()
-		need := p.cfg.Passes
-		if b.state == Unknown {
-			need = 1 // a backend that has never failed needs no proof of recovery
-		}
-		if !b.state.InService() && b.passes >= need {
-			p.admit(b)
-		}
-	case Miss, WrongStatus, Timeout:
-		b.passes = 0
-		b.fails++
-		reason := Hang
-		if e == WrongStatus {
-			reason = BadStatus
-		}
-		switch {
-		case b.state == Unknown && b.fails >= p.cfg.Fails:
-			p.eject(b, reason, cause)
-		case b.state.InService() && (b.fails >= p.cfg.Fails || e == Timeout || stuck):
-			rescue = p.ejectGuarded(b, reason, cause)
-		}
-	case Gone:
-		b.passes = 0
-		b.fails++
-		// also when already out for another reason: the process is gone
-		// now, which is what a supervisor needs to know
-		if b.state == Unknown || b.state.InService() || (b.state == Ejected && b.reason != Crash) {
-			p.eject(b, Crash, cause)
-		}
-	}
-	p.mu.Unlock()
-	if rescue {
-		if n := b.rescue(); n > 0 {
-			p.log.Info("replaying requests in flight on a hung backend",
-				zap.String("backend", b.Addr), zap.Int("requests", n))
-		}
-	}
-}
-
-// admit is the transition into service: unknown → healthy, and ejected or
-// restarting → probation (with slow start) or healthy.
-func (p *Pool) admit(b *Backend) {
-	b.gen.Add(1)
-	if b.state == Restarting {
-		took := time.Since(b.restartedAt)
-		if p.restartTook == 0 {
-			p.restartTook = took
-		} else {
-			p.restartTook = (3*p.restartTook + took) / 4
-		}
-	}
-	to := Healthy
-	if p.cfg.SlowStart > 0 && b.state != Unknown {
-		to = Probation
-	}
-	p.set(b, to, ReasonNone, nil) // in service before waiters wake
-	next := make(chan struct{})
-	close(*p.ready.Swap(&next))
-}
-
-// eject is the transition out of service, whatever the evidence.
-func (p *Pool) eject(b *Backend, r Reason, cause error) {
-	p.set(b, Ejected, r, cause)
-}
-
-// ejectGuarded ejects b on evidence that does not prove its process gone,
-// unless b is the last backend in service: heartbeat misses alone must never
-// take the whole pool out (a wrong health path or a slow network would then
-// be a total outage). It reports whether b was ejected for a hang.
-func (p *Pool) ejectGuarded(b *Backend, r Reason, cause error) bool {
-	if p.inService <= 1 {
-		if b.guarded == ReasonNone {
-			b.guarded = r
-			p.wakeRestarts() // kept in, but maybe to be restarted
-			p.log.Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
-				zap.String("backend", b.Addr), zap.Stringer("reason", r), zap.Error(cause))
-		}
-		return false
-	}
-	p.eject(b, r, cause)
-	return r == Hang
-}
-
-// set records a transition and publishes it. Callers hold p.mu.
-func (p *Pool) set(b *Backend, to State, r Reason, cause error) {
-	from := b.state
-	if from == to && b.reason == r {
-		return
-	}
-	now := time.Now()
-	b.state, b.reason, b.since = to, r, now
-	if from.InService() != to.InService() {
-		b.inService.Store(to.InService())
-		if to.InService() {
-			p.inService++
-		} else {
-			p.inService--
-		}
-	}
-	if to == Probation {
-		b.probation.Store(now.UnixNano())
-	} else if from == Probation {
-		b.probation.Store(0)
-	}
-	p.wakeRestarts()
-	t := Transition{Backend: b.Addr, Index: b.Index, From: from, To: to, Reason: r, At: now}
-	if cause != nil {
-		t.Cause = cause.Error()
-	}
-	for _, s := range p.subs {
-		s.push(t)
-	}
-	if to == Ejected {
-		p.log.Warn("backend ejected", zap.String("backend", b.Addr),
-			zap.Stringer("reason", r), zap.String("cause", t.Cause))
-	} else {
-		p.log.Info("backend state", zap.String("backend", b.Addr),
-			zap.Stringer("from", from), zap.Stringer("to", to))
-	}
-}
-
-// Subscribe returns a subscription that receives every transition from now
-// on, in order, without ever blocking the engine.
-func (p *Pool) Subscribe() *Subscription {
-	s := newSubscription()
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		s.Close()
-		return s
-	}
-	p.subs = append(p.subs, s)
-	p.mu.Unlock()
+	p.apply(b, in, nil)
+	s := b.state
+	p.unlock()
 	return s
 }
 
-// Unsubscribe stops s and removes it from the pool.
-func (p *Pool) Unsubscribe(s *Subscription) {
-	p.mu.Lock()
-	for i, x := range p.subs {
-		if x == s {
-			p.subs = append(p.subs[:i], p.subs[i+1:]...)
-			break
-		}
+// WaitIdle returns once no request is in flight on b (see Acquire), or
+// with ctx's error.
+func (p *Pool) WaitIdle(ctx context.Context, b *Backend) error {
+	b.idleMu.Lock()
+	if b.idle == nil {
+		b.idle = make(chan struct{})
+		b.active.Add(idleWaited)
 	}
-	p.mu.Unlock()
-	s.Close()
+	idle := b.idle
+	b.idleMu.Unlock()
+	if b.Active() == 0 {
+		b.wakeIdle()
+	}
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -306,35 +306,26 @@ func benchProbeCPU(b *testing.B, n int) {
 	var ejections, admissions atomic.Int64
 	var causesMu sync.Mutex
 	causes := map[string]int{} // ejections by reason and cause, errno-ish part only
-	sub := p.Subscribe()
-	subDone := make(chan struct{})
-	go func() {
-		defer close(subDone)
-		for t := range sub.C {
-			if t.To == Ejected {
-				ejections.Add(1)
-				cause := t.Cause
-				if i := strings.LastIndex(cause, ": "); i >= 0 {
-					cause = cause[i+2:]
-				}
-				causesMu.Lock()
-				causes[t.Reason.String()+": "+cause]++
-				causesMu.Unlock()
-			} else if t.To.InService() {
-				admissions.Add(1)
+	p.OnTransition(func(t Transition) {
+		if t.To == Ejected {
+			ejections.Add(1)
+			cause := t.Cause
+			if i := strings.LastIndex(cause, ": "); i >= 0 {
+				cause = cause[i+2:]
 			}
+			causesMu.Lock()
+			causes[t.Reason.String()+": "+cause]++
+			causesMu.Unlock()
+		} else if t.To.InService() {
+			admissions.Add(1)
 		}
-	}()
+	})
 	b.Cleanup(func() {
 		causesMu.Lock()
 		defer causesMu.Unlock()
 		if len(causes) > 0 {
 			b.Logf("ejections by cause: %v", causes)
 		}
-	})
-	b.Cleanup(func() {
-		p.Unsubscribe(sub)
-		<-subDone
 	})
 
 	started := time.Now()

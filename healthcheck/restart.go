@@ -113,16 +113,17 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 		}
 	}
 	for _, b := range p.backends {
-		switch {
-		case b.state == Probation:
+		if b.state == Probation {
 			if end := b.since.Add(p.cfg.SlowStart); !now.Before(end) {
-				p.set(b, Healthy, ReasonNone, nil)
+				p.apply(b, inSlowStartOver, nil)
 			} else {
 				due(end)
 			}
+		}
+		switch {
 		case b.state == Restarting:
 			if !now.Before(b.leaseUntil) {
-				p.set(b, Ejected, LeaseExpired, fmt.Errorf("not back %v after the restart request", pol.Lease))
+				p.apply(b, inLeaseExpired, fmt.Errorf("not back %v after the restart request", pol.Lease))
 				restarting--
 				b.restartAt = now.Add(b.backoff(now))
 				due(b.restartAt)
@@ -142,20 +143,16 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 				continue // woken again when a restart ends
 			}
 			restarting++
-			reason := b.reason
-			if b.state.InService() {
-				reason = Hang // kept in by the panic guard, but not answering
-			}
 			b.lease++
 			b.leaseUntil = now.Add(pol.Lease)
 			b.restartedAt = now
 			b.recent = append(b.recent, now)
-			p.set(b, Restarting, reason, nil)
+			p.apply(b, inRestart, nil)
 			due(b.leaseUntil)
-			requests = append(requests, request{b, reason, b.lastAnswer(), b.lease})
+			requests = append(requests, request{b, b.reason, b.lastAnswer(), b.lease})
 		}
 	}
-	p.mu.Unlock()
+	p.unlock()
 	for _, r := range requests {
 		p.wg.Add(1)
 		go func() {
@@ -184,6 +181,9 @@ func (b *Backend) lastAnswer() time.Time {
 // supervisor does not restart exits itself. Never a backend that answers
 // its heartbeat (a bad status is an answer). Callers hold p.mu.
 func (p *Pool) wantsRestart(b *Backend, pol RestartPolicy) bool {
+	if b.passes > 0 {
+		return false // answering now, on its way back
+	}
 	switch b.state {
 	case Ejected:
 		return b.reason == Hang || b.reason == LeaseExpired || (b.reason == Crash && pol.Crashed)
@@ -200,9 +200,9 @@ func (p *Pool) restartFailed(b *Backend, lease uint64, err error) {
 	p.mu.Lock()
 	if b.state == Restarting && b.lease == lease {
 		b.restartAt = now.Add(max(b.backoff(now), restartBackoff))
-		p.set(b, Ejected, b.reason, fmt.Errorf("restart request failed: %w", err))
+		p.apply(b, inRestartFailed, fmt.Errorf("restart request failed: %w", err))
 	}
-	p.mu.Unlock()
+	p.unlock()
 	p.log.Error("restart request failed; will retry", zap.String("backend", b.Addr), zap.Error(err))
 	p.wakeRestarts()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,11 +30,12 @@ type procSupervisor struct {
 	failing atomic.Int64  // fail this many requests first
 	wg      sync.WaitGroup
 	stop    chan struct{}
-	serial  sync.Mutex // one restart at a time, as a real supervisor does
+	serial  sync.Mutex    // one restart at a time, as a real supervisor does
+	started chan struct{} // closed and replaced when a child is registered
 }
 
 func newProcSupervisor(tb testing.TB) *procSupervisor {
-	s := &procSupervisor{tb: tb, kids: map[string]*child{}, stop: make(chan struct{})}
+	s := &procSupervisor{tb: tb, kids: map[string]*child{}, stop: make(chan struct{}), started: make(chan struct{})}
 	tb.Cleanup(func() { // runs last, after the pool's Close
 		close(s.stop)
 		s.wg.Wait()
@@ -51,8 +53,29 @@ func (s *procSupervisor) start(addr string) *child {
 	c := newChild(s.tb, addr)
 	s.mu.Lock()
 	s.kids[addr] = c
+	close(s.started)
+	s.started = make(chan struct{})
 	s.mu.Unlock()
 	return c
+}
+
+// replaced waits until the child at old's address is another one: the new
+// process may answer heartbeats before the supervisor has registered it.
+func (s *procSupervisor) replaced(tb testing.TB, old *child) *child {
+	tb.Helper()
+	for {
+		s.mu.Lock()
+		c, started := s.kids[old.addr], s.started
+		s.mu.Unlock()
+		if c != old {
+			return c
+		}
+		select {
+		case <-started:
+		case <-timeout():
+			tb.Fatalf("%s was not restarted", old.addr)
+		}
+	}
 }
 
 func (s *procSupervisor) kid(addr string) *child {
@@ -141,7 +164,7 @@ func TestHungBackendIsRestarted(t *testing.T) {
 	back := rec.healthy(0)
 	assert.Equal(t, Restarting, back.From)
 	assert.EqualValues(t, 1, sup.calls.Load(), "one restart request")
-	assert.NotEqual(t, ca.pid(), sup.kid(ca.addr).pid(), "a new process serves")
+	assert.NotEqual(t, ca.pid(), sup.replaced(t, ca).pid(), "a new process serves")
 	assert.Positive(t, p.RetryAfter(), "a restart time was learnt")
 }
 
@@ -269,7 +292,7 @@ func TestGuardedHungLastBackendIsRestarted(t *testing.T) {
 	// the panic guard keeps it in service, but it does not answer
 	rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
 	rec.healthy(0)
-	assert.NotEqual(t, ca.pid(), sup.kid(a).pid())
+	assert.NotEqual(t, ca.pid(), sup.replaced(t, ca).pid())
 }
 
 func TestSlowStartProbation(t *testing.T) {
@@ -296,4 +319,163 @@ func TestSlowStartProbation(t *testing.T) {
 	end := rec.waitFor(0, wait, "healthy", to(0, Healthy, ReasonNone))
 	assert.GreaterOrEqual(t, end.At.Sub(pr.At), cfg.SlowStart)
 	assert.InDelta(t, 1.0, bk.Share(time.Now()), 0)
+}
+
+// fakeProc is a backend on a fixed address that the test switches between
+// down (connections refused), hung (accepts, never answers) and answering
+// a status: a process as a supervisor sees it, without a process.
+type fakeProc struct {
+	tb     testing.TB
+	addr   string
+	status atomic.Int32 // 0: hung
+	hits   atomic.Int64 // answers given
+	mu     sync.Mutex
+	srv    *http.Server
+	wg     sync.WaitGroup
+}
+
+func newFakeProc(tb testing.TB) *fakeProc {
+	f := &fakeProc{tb: tb, addr: freeAddr(tb)}
+	tb.Cleanup(func() {
+		f.down()
+		f.wg.Wait()
+	})
+	return f
+}
+
+// up makes f answer status (0: hang), listening again if it was down.
+func (f *fakeProc) up(status int) {
+	f.status.Store(int32(status))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.srv != nil {
+		return
+	}
+	ln, err := net.Listen("tcp", f.addr)
+	require.NoError(f.tb, err)
+	f.srv = &http.Server{ReadHeaderTimeout: wait, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := int(f.status.Load())
+		if st == 0 {
+			<-r.Context().Done() // the prober gave up, or f went down
+			return
+		}
+		w.WriteHeader(st)
+		f.hits.Add(1)
+	})}
+	srv := f.srv
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		_ = srv.Serve(ln)
+	}()
+}
+
+// down closes f's listener and connections: a crash.
+func (f *fakeProc) down() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.srv != nil {
+		_ = f.srv.Close()
+		f.srv = nil
+	}
+}
+
+// restarterFunc is a Restarter.
+type restarterFunc func(ctx context.Context, b *Backend, reason Reason, lastGood time.Time) error
+
+func (f restarterFunc) Restart(ctx context.Context, b *Backend, reason Reason, lastGood time.Time) error {
+	return f(ctx, b, reason, lastGood)
+}
+
+// fakePair starts f answering 200 and another backend, a pool over them
+// with restart policy pol whose restarter records the reasons it is asked
+// for on the returned channel and then runs restart; both are healthy.
+func fakePair(t *testing.T, pol RestartPolicy, restart func()) (*fakeProc, *backend, *Pool, *recorder, chan Reason) {
+	t.Helper()
+	f := newFakeProc(t)
+	f.up(http.StatusOK)
+	other := newBackend(t)
+	p, rec := newPool(t, []string{f.addr, other.addr()}, restartConfig())
+	calls := make(chan Reason, 100)
+	pol.Restarter = restarterFunc(func(_ context.Context, _ *Backend, r Reason, _ time.Time) error {
+		calls <- r
+		restart()
+		return nil
+	})
+	p.SetRestartPolicy(pol)
+	p.Start()
+	rec.healthy(0)
+	rec.healthy(1)
+	return f, other, p, rec, calls
+}
+
+// A crashed backend whose process comes back hung is a hang, and is
+// restarted, though crashes are left to the supervisor.
+func TestCrashedBackendThatHangsIsRestarted(t *testing.T) {
+	var f *fakeProc
+	f, _, _, rec, calls := fakePair(t, RestartPolicy{After: 10 * time.Millisecond},
+		func() { f.up(http.StatusOK) })
+	f.down()
+	rec.ejected(0, Crash)
+	f.up(0) // back, and hung
+	tr := rec.ejected(0, Hang)
+	assert.Equal(t, Ejected, tr.From)
+	rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
+	assert.Equal(t, Restarting, rec.healthy(0).From)
+	assert.Equal(t, Hang, <-calls)
+	assert.Empty(t, calls, "one restart request")
+}
+
+// A restarted backend that answers its heartbeat with a bad status is
+// back, alive: it is ejected for the bad status and never restarted again,
+// however long its restart lease was.
+func TestRestartedBackendAnsweringBadStatusIsNotRestarted(t *testing.T) {
+	var f *fakeProc
+	f, other, _, rec, calls := fakePair(t, RestartPolicy{After: 10 * time.Millisecond, Lease: 200 * time.Millisecond},
+		func() { f.up(http.StatusInternalServerError) })
+	f.up(0) // hangs
+	rec.ejected(0, Hang)
+	rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
+	tr := rec.ejected(0, BadStatus)
+	assert.Equal(t, Restarting, tr.From, "the answer ended the restart")
+	// ten beats of the other backend: more than twice the lease
+	other.awaitHits(t, other.hits.Load()+10)
+	f.hits.Store(0)
+	other.awaitHits(t, other.hits.Load()+10)
+	assert.Positive(t, f.hits.Load(), "beats went on")
+	rec.flush()
+	var after []Transition
+	for _, x := range rec.list() {
+		if x.Index == 0 && x.At.After(tr.At) {
+			after = append(after, x)
+		}
+	}
+	assert.Empty(t, after, "transitions:%s", rec)
+	assert.Equal(t, Hang, <-calls)
+	assert.Empty(t, calls, "one restart request")
+}
+
+// A drained backend's process may exit (gracefully): heartbeats go on and
+// are counted, but it is neither ejected nor restarted, even with
+// restart_crashed; Return brings it back through unknown.
+func TestDrainedBackendExitIsNotACrash(t *testing.T) {
+	var f *fakeProc
+	f, other, p, rec, calls := fakePair(t, RestartPolicy{After: 10 * time.Millisecond, Crashed: true},
+		func() { f.up(http.StatusOK) })
+	b := p.Backends()[0]
+	p.Drain(b)
+	rec.waitFor(0, wait, "draining", to(0, Draining, Manual))
+	f.down()
+	beats := b.beats.Load()
+	other.awaitHits(t, other.hits.Load()+10) // ten beats of the other one
+	assert.Greater(t, b.beats.Load(), beats+5, "heartbeats go on")
+	requireState(t, b, Draining, Manual)
+	assert.Empty(t, calls, "no restart")
+
+	f.up(http.StatusOK)
+	p.Return(b)
+	tr := rec.healthy(0)
+	assert.Equal(t, Unknown, tr.From)
+	rec.flush()
+	assert.Zero(t, rec.ejections(0), "transitions:%s", rec)
 }

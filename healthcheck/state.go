@@ -6,11 +6,13 @@ import (
 	"time"
 )
 
-// State is where a backend stands in the one state machine of this package.
+// State is where a backend stands in the one state machine of this package
+// (the table is in transitions.go and docs/states.md).
 //
 //	unknown → healthy → ejected(reason) → restarting → probation → healthy
 //
-// Only Healthy and Probation backends are in service (receive requests).
+// plus an operator's draining and maint. Only Healthy and Probation
+// backends are in service (receive new requests).
 type State uint8
 
 const (
@@ -25,9 +27,15 @@ const (
 	Restarting
 	// Probation: back in service, ramping its share of traffic.
 	Probation
+	// Draining: out by an operator's hand; requests in flight finish. Its
+	// heartbeats go on and are shown, but no evidence moves it and it is
+	// never restarted: a graceful exit is not a crash.
+	Draining
+	// Maint: out by hand for maintenance, on the same rules as Draining.
+	Maint
 )
 
-var stateNames = [...]string{"unknown", "healthy", "ejected", "restarting", "probation"}
+var stateNames = [...]string{"unknown", "healthy", "ejected", "restarting", "probation", "draining", "maint"}
 
 func (s State) String() string {
 	if int(s) < len(stateNames) {
@@ -63,7 +71,7 @@ const (
 	BadStatus
 	// LeaseExpired: a restart lease ran out before the backend came back.
 	LeaseExpired
-	// Manual: an operator took it out.
+	// Manual: an operator took it out (draining, maint).
 	Manual
 )
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -158,7 +159,7 @@ func TestReadmitNeedsPasses(t *testing.T) {
 	feed(p, bs[0], Miss) // resets the passes
 	feed(p, bs[0], Pass, Pass)
 	requireState(t, bs[0], Ejected, Crash)
-	feed(p, bs[0], WrongStatus)
+	feed(p, bs[0], Gone) // resets them too
 	feed(p, bs[0], Pass, Pass)
 	requireState(t, bs[0], Ejected, Crash)
 	feed(p, bs[0], Pass)
@@ -176,33 +177,45 @@ func TestHealthyNeedsFailsConsecutiveMisses(t *testing.T) {
 	requireState(t, bs[0], Ejected, Hang)
 }
 
-// An ejected backend ignores more evidence of the same kind; only proof
-// that its process is gone changes the reason (to crash).
-func TestEjectedIgnoresFurtherBadEvidence(t *testing.T) {
-	for _, r := range []Reason{Hang, BadStatus, Crash} {
-		t.Run(r.String(), func(t *testing.T) {
+// Later evidence updates an ejected backend's reason: an answer of any
+// status ends a hang or a crash (bad-status), a refusal proves a crash,
+// and Fails misses in a row make a crashed or answering backend a hang.
+func TestEvidenceUpdatesEjectedReason(t *testing.T) {
+	ejectFor := map[Reason][]Evidence{Crash: {Gone}, Hang: {Miss, Miss}, BadStatus: {WrongStatus, WrongStatus}}
+	for _, c := range []struct {
+		from     Reason
+		evidence []Evidence
+		want     Reason
+	}{
+		{Crash, []Evidence{Miss}, Crash},
+		{Crash, []Evidence{Miss, Miss}, Hang},
+		{Crash, []Evidence{Miss, Gone, Miss, Gone, Miss}, Crash},
+		{Crash, []Evidence{Miss, Timeout}, Hang},
+		{Crash, []Evidence{WrongStatus}, BadStatus},
+		{Hang, []Evidence{Miss, Timeout, Miss, Miss}, Hang},
+		{Hang, []Evidence{WrongStatus}, BadStatus},
+		{Hang, []Evidence{Gone}, Crash},
+		{BadStatus, []Evidence{WrongStatus, WrongStatus, WrongStatus}, BadStatus},
+		{BadStatus, []Evidence{Miss, WrongStatus, Miss}, BadStatus},
+		{BadStatus, []Evidence{Miss, Miss}, Hang},
+		{BadStatus, []Evidence{Gone}, Crash},
+		{Hang, []Evidence{Gone, WrongStatus, Miss, Miss}, Hang},
+	} {
+		t.Run(fmt.Sprintf("%s+%v", c.from, c.evidence), func(t *testing.T) {
 			p, bs, rec := machine(t, 2, Config{Passes: 2})
 			feed(p, bs[1], Pass)
-			switch r {
-			case Hang:
-				feed(p, bs[0], Miss, Miss)
-			case BadStatus:
-				feed(p, bs[0], WrongStatus, WrongStatus)
-			case Crash:
-				feed(p, bs[0], Gone)
-			}
-			requireState(t, bs[0], Ejected, r)
-			feed(p, bs[0], Miss, WrongStatus, Timeout, Miss)
-			requireState(t, bs[0], Ejected, r)
-			// proof that the process is gone re-labels the ejection once
-			feed(p, bs[0], Gone, Gone)
-			requireState(t, bs[0], Ejected, Crash)
+			feed(p, bs[0], ejectFor[c.from]...)
+			requireState(t, bs[0], Ejected, c.from)
+			feed(p, bs[0], c.evidence...)
+			requireState(t, bs[0], Ejected, c.want)
 			rec.flush()
-			want := 2
-			if r == Crash {
-				want = 1
+			last := ReasonNone
+			for _, tr := range rec.list() {
+				if tr.Index == 0 {
+					assert.NotEqual(t, last, tr.Reason, "a transition to the same reason:%s", rec)
+					last = tr.Reason
+				}
 			}
-			assert.Equal(t, want, rec.ejections(0), "transitions:%s", rec)
 		})
 	}
 }
@@ -418,4 +431,44 @@ func TestStuckFlightEjectsOnFirstMiss(t *testing.T) {
 	feed(p, bs[1], Miss)
 	requireState(t, bs[1], Healthy, ReasonNone)
 	assert.False(t, bs[1].End(g))
+}
+
+// Transitions reach the hook in the order they were made, without the
+// pool's lock held: the hook may call the pool, even cause a transition.
+func TestOnTransition(t *testing.T) {
+	const n = 8
+	p, bs, _ := machine(t, n, Config{Fails: 1})
+	var (
+		mu  sync.Mutex
+		got = map[int][]Transition{}
+	)
+	p.OnTransition(func(tr Transition) {
+		st, _, _ := bs[tr.Index].State() // would deadlock under p.mu
+		mu.Lock()
+		got[tr.Index] = append(got[tr.Index], tr)
+		mu.Unlock()
+		if tr.To == Ejected && tr.Reason == Crash && st == Ejected {
+			feed(p, bs[tr.Index], Pass) // a transition from the hook itself
+		}
+	})
+	var wg sync.WaitGroup
+	for _, b := range bs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				feed(p, b, Pass, Gone, WrongStatus)
+			}
+		}()
+	}
+	wg.Wait()
+	p.deliver(true)
+	for i := range n {
+		trs := got[i]
+		require.NotEmpty(t, trs)
+		assert.Equal(t, Unknown, trs[0].From)
+		for k := 1; k < len(trs); k++ {
+			require.Equal(t, trs[k-1].To, trs[k].From, "backend %d, transition %d out of order", i, k)
+		}
+	}
 }

@@ -1,0 +1,301 @@
+package healthcheck
+
+import (
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// The transition table (docs/states.md has it too, with a diagram; the test
+// TestTransitionTable drives every cell). Rows are inputs, columns states;
+// a cell is the state (reason) that follows, "-" none. r is the backend's
+// reason, F Config.Fails, P Config.Passes; a "fail" is any bad evidence
+// since the last pass (the reason is the F-th's), a "miss" a beat unanswered
+// (miss or timeout) since the last answer or refusal.
+//
+//	input \ state    unknown              healthy, probation          ejected(r)                     restarting(r)            draining          maint
+//	pass             healthy              -                           P-th pass: admit¹              P = 1: admit¹,           -                 -
+//	                                                                                                 else ejected(r)
+//	miss             F-th fail:           F-th fail: ejected(hang)²   r crash or bad-status and      -                        -                 -
+//	                 ejected(hang)                                    F-th miss: ejected(hang)
+//	timeout          as miss              ejected(hang)²              as miss                        -                        -                 -
+//	wrong status     F-th fail:           F-th fail:                  ejected(bad-status)            ejected(bad-status)      -                 -
+//	                 ejected(bad-status)  ejected(bad-status)²
+//	gone             ejected(crash)       ejected(crash)              ejected(crash)                 -                        -                 -
+//	drain            draining(manual)     draining(manual)            draining(manual)               draining(manual)         -                 draining(manual)
+//	maint            maint(manual)        maint(manual)               maint(manual)                  maint(manual)            maint(manual)     -
+//	return           -                    -                           -                              -                        unknown³          unknown³
+//	restart due⁴     -                    guarded(hang):              r hang or lease-expired, or    -                        -                 -
+//	                                      restarting(hang)            crash with restart_crashed:
+//	                                                                  restarting(r)
+//	lease expired    -                    -                           -                              ejected(lease-expired)   -                 -
+//	restart failed   -                    -                           -                              ejected(r)               -                 -
+//	slow start over  -                    probation: healthy          -                              -                        -                 -
+//
+//	¹ probation when slow_start is set, else healthy; from unknown healthy (it never failed, so one pass)
+//	² unless the last in service: the panic guard keeps it (no transition), guarded for that reason;
+//	  new evidence replaces the reason (an answer ends a guarded hang), a pass or leaving service ends it
+//	³ and a beat at once
+//	⁴ a restarter is set, no pass since the last bad evidence, the last answer restart_after ago,
+//	  no crash-loop backoff pending, fewer than max_restarting restarting
+//
+// A miss while a live request waits longer than Timeout is a timeout.
+
+// input is what moves a backend: a piece of Evidence, a timed decision of
+// the restart policy, or an operator's action.
+type input uint8
+
+const (
+	// inRestart: the restart policy asks for a restart now.
+	inRestart input = iota + input(Timeout) + 1
+	// inLeaseExpired: a restart lease ran out.
+	inLeaseExpired
+	// inRestartFailed: the restart request failed.
+	inRestartFailed
+	// inSlowStartOver: the probation time is over.
+	inSlowStartOver
+	// An operator's Drain, Maint and Return.
+	inDrain
+	inMaint
+	inReturn
+)
+
+// observe applies one piece of evidence about b.
+func (p *Pool) observe(b *Backend, e Evidence, cause error) {
+	// a missed beat while live requests wait longer than a beat may take
+	// is two witnesses of a hang, as good as a live request's timeout
+	if e == Miss && b.stuck(p.cfg.Timeout) {
+		e = Timeout
+	}
+	p.mu.Lock()
+	rescue, guarded := p.apply(b, input(e), cause)
+	p.unlock()
+	if guarded {
+		p.log.Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
+			zap.String("backend", b.Addr), zap.Stringer("evidence", e), zap.Error(cause))
+	}
+	if rescue {
+		if n := b.rescue(); n > 0 {
+			p.log.Info("replaying requests in flight on a hung backend",
+				zap.String("backend", b.Addr), zap.Int("requests", n))
+		}
+	}
+}
+
+// evidenceReason is the reason a piece of bad evidence ejects for.
+var evidenceReason = [...]Reason{Miss: Hang, Timeout: Hang, WrongStatus: BadStatus, Gone: Crash}
+
+// apply is the state machine: every transition of every backend is made
+// here, under p.mu. It reports whether b was ejected for a hang (its
+// flights are to be rescued) and whether the panic guard kept b in service
+// for a new reason (to be logged).
+func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
+	s, r := b.state, b.reason
+	held := s == Draining || s == Maint // by an operator: evidence only counts
+	switch in {
+	case input(Pass):
+		b.passes++
+		b.fails, b.misses = 0, 0
+		b.lastGood = time.Now()
+		b.guarded = ReasonNone
+		if s == Restarting {
+			p.learnRestart(b)
+		}
+		switch {
+		case s.InService() || held:
+		case s == Unknown || b.passes >= p.cfg.Passes:
+			p.admit(b) // unknown needs one pass: it has never failed
+		case s == Restarting:
+			p.set(b, Ejected, r, nil) // back: the restart is over, passes to go
+		}
+
+	case input(Miss), input(Timeout), input(WrongStatus), input(Gone):
+		e := Evidence(in)
+		b.passes = 0
+		b.fails++
+		b.misses++
+		if e == WrongStatus || e == Gone {
+			b.misses = 0
+		}
+		to := evidenceReason[e]
+		switch {
+		case s == Unknown:
+			if e == Gone || b.fails >= p.cfg.Fails {
+				p.set(b, Ejected, to, cause)
+			}
+		case s.InService():
+			if e == Gone {
+				p.set(b, Ejected, Crash, cause) // proof: no panic guard
+			} else if e == Timeout || b.fails >= p.cfg.Fails {
+				rescue, guarded = p.ejectGuarded(b, to, cause)
+			}
+		case s == Ejected:
+			// later evidence updates the reason: any answer ends a hang or
+			// a crash, a refusal proves the process gone, and a crashed or
+			// answering process that stops answering hangs (lease-expired
+			// already means not answering)
+			if to != r && (e != Miss && e != Timeout || b.misses >= p.cfg.Fails && (r == Crash || r == BadStatus)) {
+				p.set(b, Ejected, to, cause)
+			}
+		case s == Restarting:
+			if e == WrongStatus {
+				p.set(b, Ejected, BadStatus, cause) // back, but unhealthy
+			}
+		}
+
+	case inRestart:
+		switch {
+		case s == Ejected:
+			p.set(b, Restarting, r, nil)
+		case s.InService():
+			p.set(b, Restarting, Hang, nil) // kept in by the panic guard, but not answering
+		}
+	case inLeaseExpired:
+		if s == Restarting {
+			p.set(b, Ejected, LeaseExpired, cause)
+		}
+	case inRestartFailed:
+		if s == Restarting {
+			p.set(b, Ejected, r, cause)
+		}
+	case inSlowStartOver:
+		if s == Probation {
+			p.set(b, Healthy, ReasonNone, nil)
+		}
+	case inDrain:
+		p.set(b, Draining, Manual, nil)
+	case inMaint:
+		p.set(b, Maint, Manual, nil)
+	case inReturn:
+		if held {
+			b.fails, b.passes, b.misses = 0, 0, 0
+			p.set(b, Unknown, ReasonNone, nil)
+		}
+	default:
+		panic(fmt.Sprintf("healthcheck: unknown input %d", in))
+	}
+	return rescue, guarded
+}
+
+// admit is the transition into service: unknown → healthy, and ejected or
+// restarting → probation (with slow start) or healthy.
+func (p *Pool) admit(b *Backend) {
+	b.gen.Add(1)
+	to := Healthy
+	if p.cfg.SlowStart > 0 && b.state != Unknown {
+		to = Probation
+	}
+	p.set(b, to, ReasonNone, nil) // in service before waiters wake
+	next := make(chan struct{})
+	close(*p.ready.Swap(&next))
+}
+
+// learnRestart updates how long restarts take, request to first good
+// answer, for RetryAfter.
+func (p *Pool) learnRestart(b *Backend) {
+	took := time.Since(b.restartedAt)
+	if p.restartTook == 0 {
+		p.restartTook = took
+	} else {
+		p.restartTook = (3*p.restartTook + took) / 4
+	}
+}
+
+// ejectGuarded ejects b on evidence that does not prove its process gone,
+// unless b is the last backend in service: heartbeat misses alone must never
+// take the whole pool out (a wrong health path or a slow network would then
+// be a total outage). It reports whether b was ejected for a hang, and
+// whether the guard now keeps b in for a new reason (the latest evidence:
+// a guarded hang that answers a bad status is no longer to be restarted).
+func (p *Pool) ejectGuarded(b *Backend, r Reason, cause error) (rescue, guarded bool) {
+	if p.inService <= 1 {
+		if b.guarded == r {
+			return false, false
+		}
+		b.guarded = r
+		p.wakeRestarts() // kept in, but maybe to be restarted
+		return false, true
+	}
+	p.set(b, Ejected, r, cause)
+	return r == Hang, false
+}
+
+// set records a transition, to be delivered once p.mu is released (see
+// deliver). Callers hold p.mu.
+func (p *Pool) set(b *Backend, to State, r Reason, cause error) {
+	from := b.state
+	if from == to && b.reason == r {
+		return
+	}
+	now := time.Now()
+	b.state, b.reason, b.since = to, r, now
+	if !to.InService() {
+		b.guarded = ReasonNone // the panic guard keeps backends in service only
+	}
+	if from.InService() != to.InService() {
+		b.inService.Store(to.InService())
+		if to.InService() {
+			p.inService++
+		} else {
+			p.inService--
+		}
+	}
+	if to == Probation {
+		b.probation.Store(now.UnixNano())
+	} else if from == Probation {
+		b.probation.Store(0)
+	}
+	p.wakeRestarts()
+	t := Transition{Backend: b.Addr, Index: b.Index, From: from, To: to, Reason: r, At: now}
+	if cause != nil {
+		t.Cause = cause.Error()
+	}
+	p.pending = append(p.pending, t)
+}
+
+// unlock releases p.mu and delivers the transitions made under it.
+func (p *Pool) unlock() {
+	has := len(p.pending) > 0
+	p.mu.Unlock()
+	if has {
+		p.deliver(false)
+	}
+}
+
+// deliver logs the pending transitions and hands them to the hook, in
+// order, with p.mu released. A caller that finds another delivering leaves
+// its transitions to it (the other loops until none is pending), unless
+// wait is set: then it returns only once all pending ones are delivered.
+func (p *Pool) deliver(wait bool) {
+	for {
+		if wait {
+			p.delivering.Lock()
+		} else if !p.delivering.TryLock() {
+			return
+		}
+		p.mu.Lock()
+		ts, hook := p.pending, p.hook
+		p.pending = nil
+		p.mu.Unlock()
+		for _, t := range ts {
+			if t.To == Ejected {
+				p.log.Warn("backend ejected", zap.String("backend", t.Backend),
+					zap.Stringer("reason", t.Reason), zap.String("cause", t.Cause))
+			} else {
+				p.log.Info("backend state", zap.String("backend", t.Backend),
+					zap.Stringer("from", t.From), zap.Stringer("to", t.To), zap.Stringer("reason", t.Reason))
+			}
+			if hook != nil {
+				hook(t)
+			}
+		}
+		p.delivering.Unlock()
+		p.mu.Lock()
+		more := len(p.pending) > 0
+		p.mu.Unlock()
+		if !more {
+			return
+		}
+	}
+}
