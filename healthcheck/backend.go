@@ -79,7 +79,7 @@ func (b *Backend) Share(now time.Time) float64 {
 	if start == 0 {
 		return 1
 	}
-	ramp := b.pool.cfg.SlowStart
+	ramp := time.Duration(b.pool.slowStart.Load())
 	f := float64(now.UnixNano()-start) / float64(ramp)
 	return min(max(f, 0.1), 1)
 }

@@ -16,7 +16,9 @@ type Pool struct {
 	id       uint64
 	cfg      Config
 	backends []*Backend
-	log      *zap.Logger
+	// log and slowStart are settings a reload applies in place (Apply)
+	log       atomic.Pointer[zap.Logger]
+	slowStart atomic.Int64
 
 	mu        sync.Mutex
 	inService int
@@ -51,9 +53,10 @@ func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 	p := &Pool{
 		id:          poolIDs.Add(1),
 		cfg:         cfg.WithDefaults(),
-		log:         log,
 		restartWake: make(chan struct{}, 1),
 	}
+	p.log.Store(log)
+	p.slowStart.Store(int64(cfg.SlowStart))
 	ready := make(chan struct{})
 	p.ready.Store(&ready)
 	p.ctx, p.cancel = context.WithCancel(context.Background())

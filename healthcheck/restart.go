@@ -114,7 +114,7 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 	}
 	for _, b := range p.backends {
 		if b.state == Probation {
-			if end := b.since.Add(p.cfg.SlowStart); !now.Before(end) {
+			if end := b.since.Add(time.Duration(p.slowStart.Load())); !now.Before(end) {
 				p.apply(b, inSlowStartOver, nil)
 			} else {
 				due(end)
@@ -203,7 +203,7 @@ func (p *Pool) restartFailed(b *Backend, lease uint64, err error) {
 		p.apply(b, inRestartFailed, fmt.Errorf("restart request failed: %w", err))
 	}
 	p.unlock()
-	p.log.Error("restart request failed; will retry", zap.String("backend", b.Addr), zap.Error(err))
+	p.logger().Error("restart request failed; will retry", zap.String("backend", b.Addr), zap.Error(err))
 	p.wakeRestarts()
 }
 
@@ -221,7 +221,7 @@ func (b *Backend) backoff(now time.Time) time.Duration {
 		return 0
 	}
 	d := min(restartBackoff<<(len(recent)-restartBurst), restartBackoffCap)
-	b.pool.log.Warn("crash loop: backing off restarts",
+	b.pool.logger().Warn("crash loop: backing off restarts",
 		zap.String("backend", b.Addr), zap.Int("restarts", len(recent)),
 		zap.Duration("within", restartWindow), zap.Duration("next_in", d))
 	return d

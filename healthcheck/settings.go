@@ -18,8 +18,14 @@ type Settings struct {
 // Apply installs s; the latest call wins (a config applies its settings
 // once it has started).
 func (p *Pool) Apply(s Settings) {
+	if s.Log != nil {
+		p.log.Store(s.Log)
+	}
+	p.slowStart.Store(int64(s.SlowStart))
 	p.SetRestartPolicy(s.Restart)
 }
+
+func (p *Pool) logger() *zap.Logger { return p.log.Load() }
 
 // Started reports whether Start has run.
 func (p *Pool) Started() bool {

@@ -72,12 +72,12 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 	rescue, guarded := p.apply(b, input(e), cause)
 	p.unlock()
 	if guarded {
-		p.log.Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
+		p.logger().Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
 			zap.String("backend", b.Addr), zap.Stringer("evidence", e), zap.Error(cause))
 	}
 	if rescue {
 		if n := b.rescue(); n > 0 {
-			p.log.Info("replaying requests in flight on a hung backend",
+			p.logger().Info("replaying requests in flight on a hung backend",
 				zap.String("backend", b.Addr), zap.Int("requests", n))
 		}
 	}
@@ -183,7 +183,7 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 func (p *Pool) admit(b *Backend) {
 	b.gen.Add(1)
 	to := Healthy
-	if p.cfg.SlowStart > 0 && b.state != Unknown {
+	if time.Duration(p.slowStart.Load()) > 0 && b.state != Unknown {
 		to = Probation
 	}
 	p.set(b, to, ReasonNone, nil) // in service before waiters wake
@@ -280,10 +280,10 @@ func (p *Pool) deliver(wait bool) {
 		p.mu.Unlock()
 		for _, t := range ts {
 			if t.To == Ejected {
-				p.log.Warn("backend ejected", zap.String("backend", t.Backend),
+				p.logger().Warn("backend ejected", zap.String("backend", t.Backend),
 					zap.Stringer("reason", t.Reason), zap.String("cause", t.Cause))
 			} else {
-				p.log.Info("backend state", zap.String("backend", t.Backend),
+				p.logger().Info("backend state", zap.String("backend", t.Backend),
 					zap.Stringer("from", t.From), zap.Stringer("to", t.To), zap.Stringer("reason", t.Reason))
 			}
 			if hook != nil {
