@@ -3,9 +3,13 @@ package caddymodule
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -27,6 +31,8 @@ func init() {
 type App struct {
 	handlers []*Handler
 	log      *zap.Logger
+	ctx      caddy.Context
+	events   *caddyevents.App
 	// started counts the handlers started; only the goroutine that loads
 	// the config touches it
 	started int
@@ -42,12 +48,16 @@ func (App) CaddyModule() caddy.ModuleInfo {
 
 // Provision subscribes to Caddy's "started" event.
 func (a *App) Provision(ctx caddy.Context) error {
-	a.log = ctx.Logger()
+	a.log, a.ctx = ctx.Logger(), ctx
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 	ev, err := ctx.App("events")
 	if err != nil {
 		return fmt.Errorf("failover: loading the events app: %v", err)
 	}
-	return ev.(*caddyevents.App).On("started", started{a})
+	a.events = ev.(*caddyevents.App)
+	return a.events.On("started", started{a})
 }
 
 // started is the app's handler of Caddy's "started" event.
@@ -90,12 +100,72 @@ func (a *App) Stop() error { return nil }
 // settings to the pools and processes they share with the config they
 // replace.
 func (a *App) commit() {
+	emitter.Store(&eventSink{a.ctx, a.events})
+	names := a.names()
 	rolled := map[string]bool{}
 	for _, h := range a.handlers[a.started:] {
+		name := h.Name
+		if name == "" {
+			name = names[h]
+		}
+		h.obs.name.Store(&name)
 		h.start(!rolled[h.spawnKey])
 		rolled[h.spawnKey] = true
 	}
 	a.started = len(a.handlers)
+}
+
+// names gives every handler of the config its default pool name: the site
+// and path it serves (from the route's host and path matchers), else the
+// server's name; a name taken twice gets #2, #3...
+func (a *App) names() map[*Handler]string {
+	names := map[*Handler]string{}
+	app, err := a.ctx.AppIfConfigured("http")
+	if err != nil {
+		return names
+	}
+	servers := app.(*caddyhttp.App).Servers
+	taken := map[string]int{}
+	var walk func(srv string, routes caddyhttp.RouteList, site, path string)
+	walk = func(srv string, routes caddyhttp.RouteList, site, path string) {
+		for _, r := range routes {
+			s, p := site, path
+			for _, set := range r.MatcherSets {
+				for _, m := range set {
+					switch m := m.(type) {
+					case *caddyhttp.MatchHost:
+						s = strings.Join(*m, ",")
+					case caddyhttp.MatchHost:
+						s = strings.Join(m, ",")
+					case *caddyhttp.MatchPath:
+						p = strings.Join(*m, ",")
+					case caddyhttp.MatchPath:
+						p = strings.Join(m, ",")
+					}
+				}
+			}
+			for _, hd := range r.Handlers {
+				switch x := hd.(type) {
+				case *Handler:
+					name := s
+					if name == "" {
+						name = srv
+					}
+					name += p
+					if taken[name]++; taken[name] > 1 {
+						name = fmt.Sprintf("%s#%d", name, taken[name])
+					}
+					names[x] = name
+				case *caddyhttp.Subroute:
+					walk(srv, x.Routes, s, p)
+				}
+			}
+		}
+	}
+	for _, srv := range slices.Sorted(maps.Keys(servers)) {
+		walk(srv, servers[srv].Routes, "", "")
+	}
+	return names
 }
 
 var (

@@ -45,6 +45,11 @@ var DefaultRetryMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DE
 type Handler struct {
 	reverseproxy.Handler
 
+	// Name of the pool in metrics, events and the admin API. Default: the
+	// site and path the handler serves (from its route's matchers), or
+	// its server's name.
+	Name string `json:"name,omitempty"`
+
 	// Heartbeats sent to every backend. Defaults: GET / every 250ms with a
 	// 200ms timeout, ejected after 2 misses, readmitted after 1 pass.
 	Health *HealthConfig `json:"health,omitempty"`
@@ -111,6 +116,7 @@ type Handler struct {
 	retries  int
 	// held counts the requests its pool holds now, for max_held
 	held      *atomic.Int64
+	obs       *observer // the pool's metrics, events and counters
 	ownsInner *reverseproxy.HTTPTransport
 	restarter restart.Restarter // nil: none
 	spawned   *spawn.Group
@@ -219,7 +225,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.pool, h.poolKey, h.held = rp.Pool, key, rp.held
+	h.pool, h.poolKey, h.held, h.obs = rp.Pool, key, rp.held, rp.obs
 	h.backends = h.pool.Backends()
 	if h.Spawn != nil {
 		if h.spawned, err = spawn.Acquire(*h.Spawn, h.logger.Named("spawn")); err != nil {

@@ -28,19 +28,27 @@ func (h *Handler) holdFor(ctx context.Context, st *requestState, ready <-chan st
 	}
 	if h.held.Add(1) > h.maxHeld {
 		h.held.Add(-1)
+		mHoldExpired.WithLabelValues(h.obs.Name()).Inc()
 		return holdExpired
 	}
-	defer h.held.Add(-1)
+	start := time.Now()
 	t := time.NewTimer(remaining)
-	defer t.Stop()
+	res := holdExpired
 	select {
 	case <-ready:
-		return holdReady
+		res = holdReady
 	case <-retired:
-		return holdRetired
+		res = holdRetired
 	case <-ctx.Done():
-		return holdClientGone
+		res = holdClientGone
 	case <-t.C:
-		return holdExpired
 	}
+	t.Stop()
+	h.held.Add(-1)
+	name := h.obs.Name()
+	mHoldSeconds.WithLabelValues(name).Observe(time.Since(start).Seconds())
+	if res == holdExpired {
+		mHoldExpired.WithLabelValues(name).Inc()
+	}
+	return res
 }

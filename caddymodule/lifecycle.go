@@ -23,6 +23,8 @@ import (
 // processes that an earlier config started with another command, one at a
 // time (roll, when this handler is the one to do it).
 func (h *Handler) start(roll bool) {
+	h.obs.log.Store(h.logger.Named("health"))
+	h.obs.start()
 	h.pool.Apply(healthcheck.Settings{
 		Restart:   h.restartPolicy(),
 		SlowStart: time.Duration(h.SlowStart),

@@ -22,10 +22,20 @@ var pools = caddy.NewUsagePool()
 type runningPool struct {
 	*healthcheck.Pool
 	held *atomic.Int64
+	obs  *observer
 }
 
 func (p runningPool) Destruct() error {
 	p.Close()
+	p.obs.stop()
+	name, shared := p.obs.Name(), false
+	pools.Range(func(_, v any) bool {
+		shared = v.(runningPool).obs.Name() == name
+		return !shared
+	})
+	if !shared {
+		forgetPool(name)
+	}
 	return nil
 }
 
@@ -39,7 +49,8 @@ func poolKey(addrs []string, cfg healthcheck.Config, tlsKey string) string {
 func acquirePool(addrs []string, cfg healthcheck.Config, tlsKey string) (runningPool, string, error) {
 	key := poolKey(addrs, cfg, tlsKey)
 	v, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return runningPool{healthcheck.NewPool(addrs, cfg, nil), new(atomic.Int64)}, nil
+		p := healthcheck.NewPool(addrs, cfg, nil)
+		return runningPool{p, new(atomic.Int64), newObserver(p)}, nil
 	})
 	if err != nil {
 		return runningPool{}, "", err

@@ -14,11 +14,31 @@ import (
 	"github.com/crashonly/caddy-failover/healthcheck"
 )
 
-// restarter lets the engine call a restarter module.
-type restarter struct{ r restart.Restarter }
+// restarter lets the engine call a restarter module, and counts what it
+// did.
+type restarter struct {
+	r    restart.Restarter
+	name string // the module's name: http, exec, signal, supervisord, spawn
+	obs  *observer
+}
 
 func (a restarter) Restart(ctx context.Context, b *healthcheck.Backend, reason healthcheck.Reason, lastGood time.Time) error {
-	return a.r.Restart(ctx, restart.Target{Backend: b.Addr, Index: b.Index, Reason: reason.String(), Since: lastGood})
+	err := a.r.Restart(ctx, restart.Target{Backend: b.Addr, Index: b.Index, Reason: reason.String(), Since: lastGood})
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	a.obs.restarts[b.Index].Add(1)
+	mRestarts.WithLabelValues(a.obs.Name(), a.name, result).Inc()
+	return err
+}
+
+// restarterName is a restarter module's name for metrics.
+func restarterName(r restart.Restarter) string {
+	if m, ok := r.(caddy.Module); ok {
+		return m.CaddyModule().ID.Name()
+	}
+	return "spawn"
 }
 
 // provisionRestarter loads the restarter module, if any, and records the
@@ -64,7 +84,7 @@ func (h *Handler) restartPolicy() healthcheck.RestartPolicy {
 		crashed = *h.RestartCrashed
 	}
 	return healthcheck.RestartPolicy{
-		Restarter:     restarter{r},
+		Restarter:     restarter{r, restarterName(r), h.obs},
 		After:         time.Duration(h.RestartAfter),
 		Lease:         time.Duration(h.RestartTimeout),
 		MaxRestarting: h.MaxRestarting,

@@ -54,6 +54,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			res.Body.Close()
 		}
 		st.freeAttempt(t.h.hold)
+		t.h.replayed(b, "rescued")
+		mRescued.WithLabelValues(t.h.obs.Name()).Inc()
 		return nil, reverseproxy.NewDialError(fmt.Errorf("%s: %w", b.Addr, healthcheck.ErrRescued))
 	}
 	if err != nil {
@@ -77,25 +79,31 @@ func (t *transport) failed(ctx context.Context, b *healthcheck.Backend, st *requ
 		st.freeAttempt(t.h.hold)
 		if refused(err) {
 			b.Report(healthcheck.Gone, err)
+			t.h.replayed(b, "refused")
 		} else {
 			b.Report(healthcheck.Miss, err)
+			t.h.replayed(b, "dial")
 		}
 		return err
 	}
-	crashOrHang := true
+	crashOrHang, cause := true, ""
 	switch {
 	case errors.Is(err, syscall.ECONNRESET):
 		b.Report(healthcheck.Gone, err)
+		cause = "reset"
 	case isTimeout(err):
 		b.Report(healthcheck.Timeout, err)
+		cause = "timeout"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		// the connection closed without an answer: a crash, or an
 		// idle-close race (which Go's transport replays itself for
 		// idempotent requests); a beat tells which
 		b.Probe()
+		cause = "eof"
 	default:
 		crashOrHang = false
 		b.Probe()
+		cause = "other"
 	}
 	if !replayable {
 		return err
@@ -103,7 +111,14 @@ func (t *transport) failed(ctx context.Context, b *healthcheck.Backend, st *requ
 	if crashOrHang {
 		st.freeAttempt(t.h.hold)
 	}
+	t.h.replayed(b, cause)
 	return reverseproxy.NewDialError(err)
+}
+
+// replayed counts a replay of a request that failed on b.
+func (h *Handler) replayed(b *healthcheck.Backend, cause string) {
+	h.obs.replays[b.Index].Add(1)
+	mReplays.WithLabelValues(h.obs.Name(), cause).Inc()
 }
 
 // freeAttempt records an attempt that does not count against retries. The

@@ -112,6 +112,10 @@ type Transition struct {
 	Reason  Reason    `json:"reason,omitempty"`
 	Cause   string    `json:"cause,omitempty"`
 	At      time.Time `json:"at"`
+	// LastAnswer is when the backend last answered as expected, a beat or
+	// a live request: At minus LastAnswer is how long an ejected backend
+	// may have been failing while in service.
+	LastAnswer time.Time `json:"last_answer"`
 }
 
 // ErrRescued is the cancel cause of a request that was in flight on a

@@ -247,7 +247,7 @@ func (p *Pool) set(b *Backend, to State, r Reason, cause error) {
 		b.probation.Store(0)
 	}
 	p.wakeRestarts()
-	t := Transition{Backend: b.Addr, Index: b.Index, From: from, To: to, Reason: r, At: now}
+	t := Transition{Backend: b.Addr, Index: b.Index, From: from, To: to, Reason: r, At: now, LastAnswer: b.lastAnswer()}
 	if cause != nil {
 		t.Cause = cause.Error()
 	}
