@@ -256,7 +256,11 @@ func (e *Exec) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextArg() {
 		e.Args = append(e.Args, Unshorthand(d.Val()))
 	}
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
+		if err := once(d, seen, "exec"); err != nil {
+			return err
+		}
 		switch sub := d.Val(); sub {
 		case "timeout":
 			t, err := parseTimeout(d, "exec")

@@ -209,7 +209,11 @@ func (h *HTTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("restart http: unexpected argument %q after the URL", d.Val())
 	}
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
+		if err := once(d, seen, "http", "header"); err != nil {
+			return err
+		}
 		switch sub := d.Val(); sub {
 		case "method":
 			if !d.NextArg() {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -159,6 +160,17 @@ func parseTimeout(d *caddyfile.Dispenser, restarter string) (caddy.Duration, err
 		return 0, d.Errf("restart %s: timeout takes one duration, got also %q", restarter, d.Val())
 	}
 	return caddy.Duration(dur), nil
+}
+
+// once fails when the current subdirective of a restarter's block was
+// given before, unless it is one of multi, whose values add up.
+func once(d *caddyfile.Dispenser, seen map[string]bool, restarter string, multi ...string) error {
+	sub := d.Val()
+	if seen[sub] && !slices.Contains(multi, sub) {
+		return d.Errf("restart %s: %s already specified (give it once)", restarter, sub)
+	}
+	seen[sub] = true
+	return nil
 }
 
 // noMoreArgs fails when the current line has one more argument.

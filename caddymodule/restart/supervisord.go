@@ -309,7 +309,11 @@ func (s *Supervisord) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.Errf("restart supervisord: unexpected argument %q (%s)", d.Val(), usage)
 	}
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
+		if err := once(d, seen, "supervisord"); err != nil {
+			return err
+		}
 		switch sub := d.Val(); sub {
 		case "username", "password":
 			if !d.NextArg() {

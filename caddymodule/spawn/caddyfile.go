@@ -39,8 +39,13 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(c.Command) == 0 {
 		return d.Err("spawn: missing command (spawn <command> [<args...>] { ports <from>-<to> })")
 	}
+	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
+		if (sub == "dir" || sub == "stop_timeout") && seen[sub] {
+			return d.Errf("spawn %s: already specified (give it once)", sub)
+		}
+		seen[sub] = true
 		switch sub {
 		case "ports":
 			args := d.RemainingArgs()
