@@ -35,7 +35,7 @@ const outputGrace = 200 * time.Millisecond
 //
 // The command runs in its own process group with stdin from /dev/null; each
 // line it writes to stdout or stderr is logged at info level with the
-// backend. It must exit with status 0 within the timeout; otherwise the
+// backend. Each run is logged with the command and its exit status. It must exit with status 0 within the timeout; otherwise the
 // restart failed, and on timeout its whole process group is killed.
 // Processes it starts in the background in the same process group are left
 // alone when it exits in time.
@@ -132,6 +132,7 @@ func (e *Exec) Restart(ctx context.Context, t Target) error {
 		return fmt.Errorf("exec restart of %s: %v", t.Backend, err)
 	}
 	logger.Debug("running restart command", zap.Strings("args", args))
+	started := time.Now()
 	err = cmd.Start()
 	// the child has its copies; ours must go for the readers to see EOF
 	stdout.Close()
@@ -145,7 +146,9 @@ func (e *Exec) Restart(ctx context.Context, t Target) error {
 	}
 	err = cmd.Wait()
 	out.settle(outputGrace)
+	took := zap.Duration("took", time.Since(started))
 	if err == nil || errors.Is(err, exec.ErrWaitDelay) {
+		logger.Info("restart command exited", zap.Strings("args", args), zap.Int("exit_status", 0), took)
 		return nil
 	}
 
@@ -155,6 +158,11 @@ func (e *Exec) Restart(ctx context.Context, t Target) error {
 	} else if ctx.Err() != nil {
 		what = fmt.Sprintf("%v, process group killed", ctx.Err())
 	}
+	status := zap.String("exit", what)
+	if ee, ok := err.(*exec.ExitError); ok && ee.Exited() {
+		status = zap.Int("exit_status", ee.ExitCode())
+	}
+	logger.Info("restart command exited", zap.Strings("args", args), status, took)
 	if last := out.last(); last != "" {
 		return fmt.Errorf("exec restart of %s: %s: %s; last output: %q", t.Backend, commandLine(name, args), what, last)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -39,7 +40,8 @@ type Signal struct {
 	// a number. Default: KILL, the one a hung process cannot ignore.
 	Signal string `json:"signal,omitempty"`
 
-	sig syscall.Signal
+	sig    syscall.Signal
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -50,8 +52,9 @@ func (*Signal) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision parses the signal.
-func (s *Signal) Provision(caddy.Context) error {
+// Provision parses the signal and takes the logger.
+func (s *Signal) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
 	sig, err := ParseSignal(s.Signal)
 	if err != nil {
 		return fmt.Errorf("restart signal: %v", err)
@@ -136,7 +139,21 @@ func (s *Signal) Restart(_ context.Context, t Target) error {
 		}
 		return fmt.Errorf("signal restart of %s: signalling process %d (from pidfile %s): %v", t.Backend, pid, path, err)
 	}
+	if s.logger != nil {
+		s.logger.Info("signalled backend process", zap.String("backend", t.Backend), zap.Int("pid", pid),
+			zap.String("signal", signalName(sig)), zap.String("pidfile", path))
+	}
 	return nil
+}
+
+// signalName is the name of sig without "SIG" (KILL), or its number.
+func signalName(sig syscall.Signal) string {
+	for name, s := range signals {
+		if s == sig {
+			return name
+		}
+	}
+	return strconv.Itoa(int(sig))
 }
 
 // readPidfile reads the process id at the start of a pidfile, refusing the
