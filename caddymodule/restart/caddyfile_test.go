@@ -181,12 +181,6 @@ func TestParseCaddyfileErrors(t *testing.T) {
 	}
 }
 
-func TestUnshorthand(t *testing.T) {
-	assert.Equal(t, "{backend} {host}:{port} {index} {http.request.uri}",
-		Unshorthand("{http.request.hostport} {http.request.host}:{http.request.port} {index} {http.request.uri}"))
-	assert.Equal(t, "plain", Unshorthand("plain"))
-}
-
 func TestKnownRestarters(t *testing.T) {
 	assert.Equal(t, []string{"exec", "http", "signal", "supervisord"}, KnownRestarters())
 }

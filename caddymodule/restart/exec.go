@@ -1,7 +1,6 @@
 package restart
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +13,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/linelog"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 func init() {
@@ -35,7 +38,8 @@ const outputGrace = 200 * time.Millisecond
 //
 // The command runs in its own process group with stdin from /dev/null; each
 // line it writes to stdout or stderr is logged at info level with the
-// backend. Each run is logged with the command and its exit status. It must exit with status 0 within the timeout; otherwise the
+// backend, under the logger named OutputLogger. Each run is logged with
+// the command and its exit status. It must exit with status 0 within the timeout; otherwise the
 // restart failed, and on timeout its whole process group is killed.
 // Processes it starts in the background in the same process group are left
 // alone when it exits in time.
@@ -121,7 +125,7 @@ func (e *Exec) Restart(ctx context.Context, t Target) error {
 	// The output goes through pipes of our own rather than cmd's: cmd.Wait
 	// would wait for (or, after WaitDelay, cut) output a background process
 	// still holds, which a restart script may leave behind on purpose.
-	out := &outputLog{logger: logger}
+	out := &outputLog{logger: logger.Named(OutputLogger)}
 	stdout, err := out.pipe(cmd, "stdout")
 	if err != nil {
 		return fmt.Errorf("exec restart of %s: %v", t.Backend, err)
@@ -177,6 +181,11 @@ func commandLine(name string, args []string) string {
 	return snippet(strings.Join(append([]string{name}, args...), " "), 200)
 }
 
+// OutputLogger is the name, under the exec restarter's logger, of the
+// logger of its commands' output lines: in Caddy's log,
+// "failover.restarters.exec.output".
+const OutputLogger = "output"
+
 // outputLog logs a command's output lines and remembers the last one.
 type outputLog struct {
 	logger *zap.Logger
@@ -207,19 +216,11 @@ func (o *outputLog) pipe(cmd *exec.Cmd, stream string) (*os.File, error) {
 func (o *outputLog) read(r *os.File, stream string) {
 	defer o.wg.Done()
 	defer r.Close()
-	br := bufio.NewReaderSize(r, 4096)
-	for {
-		chunk, err := br.ReadSlice('\n')
-		if line := strings.TrimRight(string(chunk), "\r\n"); line != "" {
-			o.logger.Info("restart command output", zap.String("stream", stream), zap.String("line", line))
-			o.mu.Lock()
-			o.lastLine = line
-			o.mu.Unlock()
-		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return
-		}
-	}
+	linelog.Copy(r, func() *zap.Logger { return o.logger }, stream, nil, func(line string) {
+		o.mu.Lock()
+		o.lastLine = line
+		o.mu.Unlock()
+	})
 }
 
 // settle waits up to grace for the readers to reach the end of the output.
@@ -260,9 +261,9 @@ func (e *Exec) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.Errf("restart exec: missing command (usage: restart exec <command> [<args...>] [{ timeout <d> }])")
 	}
-	e.Command = Unshorthand(d.Val())
+	e.Command = placeholders.Unshorthand(d.Val())
 	for d.NextArg() {
-		e.Args = append(e.Args, Unshorthand(d.Val()))
+		e.Args = append(e.Args, placeholders.Unshorthand(d.Val()))
 	}
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {

@@ -44,10 +44,10 @@ func TestExecRestart(t *testing.T) {
 		"placeholders are expanded, one argument each, no shell splitting; unknown ones stay")
 
 	var lines []string
-	for _, e := range logs.FilterMessage("restart command output").All() {
+	for _, e := range logs.FilterLoggerName(OutputLogger).All() {
 		assert.Equal(t, zapcore.InfoLevel, e.Level)
 		assert.Equal(t, "127.0.0.1:9002", e.ContextMap()["backend"])
-		lines = append(lines, e.ContextMap()["stream"].(string)+": "+e.ContextMap()["line"].(string))
+		lines = append(lines, e.ContextMap()["stream"].(string)+": "+e.Message)
 	}
 	assert.ElementsMatch(t, []string{"stdout: restarting 127.0.0.1", "stderr: to stderr"}, lines)
 	exited := logs.FilterMessage("restart command exited").All()

@@ -15,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 func init() {
@@ -227,7 +229,7 @@ func (h *HTTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.Errf("restart http: missing URL (usage: restart http <url> [{ method <m>; header <name> <value>; timeout <d> }])")
 	}
-	h.URL = Unshorthand(d.Val())
+	h.URL = placeholders.Unshorthand(d.Val())
 	if d.NextArg() {
 		return d.Errf("restart http: unexpected argument %q after the URL", d.Val())
 	}
@@ -253,8 +255,8 @@ func (h *HTTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if h.Headers == nil {
 				h.Headers = make(http.Header)
 			}
-			name := Unshorthand(args[0])
-			h.Headers[name] = append(h.Headers[name], Unshorthand(args[1]))
+			name := placeholders.Unshorthand(args[0])
+			h.Headers[name] = append(h.Headers[name], placeholders.Unshorthand(args[1]))
 		case "timeout":
 			t, err := parseTimeout(d, "http")
 			if err != nil {

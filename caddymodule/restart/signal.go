@@ -16,6 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 func init() {
@@ -198,7 +200,7 @@ func (s *Signal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.Errf("restart signal: missing pidfile (usage: restart signal <pidfile> [<signal>])")
 	}
-	s.Pidfile = Unshorthand(d.Val())
+	s.Pidfile = placeholders.Unshorthand(d.Val())
 	if d.NextArg() {
 		s.Signal = d.Val()
 		if _, err := ParseSignal(s.Signal); err != nil {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 func init() {
@@ -305,7 +307,7 @@ func (s *Supervisord) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.Errf("restart supervisord: missing process name (%s)", usage)
 	}
-	s.Process = Unshorthand(d.Val())
+	s.Process = placeholders.Unshorthand(d.Val())
 	if d.NextArg() {
 		return d.Errf("restart supervisord: unexpected argument %q (%s)", d.Val(), usage)
 	}

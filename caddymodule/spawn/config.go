@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 // Defaults and bounds.
@@ -217,12 +219,7 @@ func (c Config) backends() []backend {
 	addrs := c.Addrs()
 	bs := make([]backend, len(addrs))
 	for i, addr := range addrs {
-		host, port, _ := net.SplitHostPort(addr)
-		repl := caddy.NewReplacer()
-		repl.Set("port", port)
-		repl.Set("host", host)
-		repl.Set("backend", addr)
-		repl.Set("index", strconv.Itoa(i))
+		repl := placeholders.Backend(addr, i)
 		b := backend{index: i, addr: addr, dir: repl.ReplaceKnown(c.Dir, "")}
 		b.argv = make([]string, len(c.Command))
 		for j, a := range c.Command {

@@ -482,6 +482,8 @@ func TestOutputLines(t *testing.T) {
 	out := logs.FilterMessage("out").All()
 	require.Len(t, out, 1)
 	assert.Equal(t, "stdout", out[0].ContextMap()["stream"])
+	assert.Equal(t, OutputLogger, out[0].LoggerName, "output has a logger of its own, to filter")
+	assert.Equal(t, zapcore.InfoLevel, out[0].Level)
 	errs := logs.FilterMessage("err").All()
 	require.Len(t, errs, 1)
 	assert.Equal(t, "stderr", errs[0].ContextMap()["stream"])
