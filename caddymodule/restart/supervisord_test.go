@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/crashonly/caddy-failover/internal/freeport"
 )
 
 // supervisordBinary finds supervisord, installing the Debian package when
@@ -43,15 +44,6 @@ func supervisordBinary(t *testing.T) string {
 	p, err := exec.LookPath("supervisord")
 	require.NoError(t, err, "supervisord still not on PATH after apt-get install supervisor")
 	return p
-}
-
-// freePort returns a loopback port nobody listens on right now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // buildBackend builds examples/backend into dir.
@@ -86,19 +78,21 @@ func startSupervisord(t *testing.T) *supervisorFixture {
 	bin := supervisordBinary(t)
 	dir := t.TempDir()
 	backend := buildBackend(t, dir)
+	ports, err := freeport.Ports(3)
+	require.NoError(t, err)
 	f := &supervisorFixture{
 		sock:               filepath.Join(dir, "s.sock"),
 		user:               "caddy",
 		pass:               "s3cret",
-		port1:              freePort(t),
-		port2:              freePort(t),
+		port1:              ports[0],
+		port2:              ports[1],
 		listening:          make(map[string]chan int),
 		supervisordStopped: make(chan struct{}),
 	}
 	for _, port := range []int{f.port1, f.port2} {
 		f.listening[fmt.Sprintf("127.0.0.1:%d", port)] = make(chan int, 16)
 	}
-	inet := freePort(t)
+	inet := ports[2]
 	f.url = fmt.Sprintf("http://127.0.0.1:%d", inet)
 	conf := fmt.Sprintf(`
 [unix_http_server]

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +26,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/crashonly/caddy-failover/internal/freeport"
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 // backendBin is the example backend, built once by TestMain.
@@ -54,17 +56,8 @@ func TestMain(m *testing.M) {
 // freePorts returns n distinct ports that were free a moment ago.
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	lns := make([]net.Listener, n)
-	for i := range lns {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		lns[i] = ln
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
+	ports, err := freeport.Ports(n)
+	require.NoError(t, err)
 	return ports
 }
 
@@ -122,14 +115,7 @@ func alive(pid int) bool {
 	if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
 		return false
 	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// pid (comm) state ...: comm may contain spaces and parentheses
-	rest := stat[strings.LastIndexByte(string(stat), ')')+1:]
-	fields := strings.Fields(string(rest))
-	return len(fields) > 0 && fields[0] != "Z" && fields[0] != "X"
+	return procstat.Alive(pid)
 }
 
 func acquire(t *testing.T, cfg Config, log *zap.Logger) *Group {

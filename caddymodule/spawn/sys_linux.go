@@ -1,10 +1,11 @@
 package spawn
 
 import (
-	"bytes"
 	"os"
 	"strconv"
 	"syscall"
+
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 // setPdeathsig has the kernel SIGKILL the backend if Caddy dies without
@@ -36,25 +37,16 @@ func liveInGroup(pgid int) (live, ok bool) {
 	if err != nil {
 		return false, false
 	}
-	want := []byte(strconv.Itoa(pgid))
 	for _, name := range names {
-		if name == "" || name[0] < '0' || name[0] > '9' {
-			continue
+		pid, err := strconv.Atoi(name)
+		if err != nil {
+			continue // not a process
 		}
-		stat, err := os.ReadFile("/proc/" + name + "/stat")
+		st, err := procstat.Read(pid)
 		if err != nil {
 			continue // gone meanwhile
 		}
-		// "pid (comm) state ppid pgrp ...", comm may hold anything
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		f := bytes.Fields(stat[i+1:])
-		if len(f) < 3 || !bytes.Equal(f[2], want) {
-			continue
-		}
-		if state := string(f[0]); state != "Z" && state != "X" {
+		if st.Pgrp == pgid && st.Live() {
 			return true, true
 		}
 	}
