@@ -23,27 +23,28 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/crashonly/caddy-failover/internal/freeport"
+	"github.com/crashonly/caddy-failover/internal/procstat"
+	"github.com/crashonly/caddy-failover/internal/testenv"
 )
 
-// supervisordBinary finds supervisord, installing the Debian package when
-// CI=true, or skips the test.
+// supervisordBinary finds supervisord: a failure on CI (.ci/run installs
+// the Debian package supervisor), a skip elsewhere.
 func supervisordBinary(t *testing.T) string {
 	t.Helper()
-	if p, err := exec.LookPath("supervisord"); err == nil {
-		return p
-	}
-	if os.Getenv("CI") != "true" {
-		t.Skip("supervisord is not on PATH: install it (Debian/Ubuntu: apt-get install supervisor) to run this test; with CI=true the test installs it")
-	}
-	for _, args := range [][]string{{"update"}, {"install", "-y", "supervisor"}} {
-		cmd := exec.Command("apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "apt-get %s:\n%s", strings.Join(args, " "), out)
-	}
 	p, err := exec.LookPath("supervisord")
-	require.NoError(t, err, "supervisord still not on PATH after apt-get install supervisor")
+	if err != nil {
+		testenv.Missing(t, "supervisord is not on PATH (Debian/Ubuntu: apt-get install supervisor)")
+	}
 	return p
+}
+
+// stop SIGSTOPs pid and waits until every one of its threads is stopped:
+// kill(2) returns when the signal is sent, and on a loaded machine the
+// threads the kernel has not stopped yet may still answer a request.
+func stop(t *testing.T, pid int) {
+	t.Helper()
+	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+	require.True(t, procstat.WaitAllStopped(pid, 10*time.Second), "process %d not stopped within 10s", pid)
 }
 
 // buildBackend builds examples/backend into dir.
@@ -246,7 +247,7 @@ func TestSupervisord(t *testing.T) {
 	t.Run("hung process, unix socket", func(t *testing.T) {
 		r := f.restarter(t, f.sock, "backend{index}", f.user, f.pass)
 		assert.True(t, r.(ExitWatcher).RestartsOnExit())
-		require.NoError(t, syscall.Kill(pid1, syscall.SIGSTOP))
+		stop(t, pid1)
 		require.Error(t, health(addr1), "a stopped backend does not answer")
 
 		start := time.Now()
@@ -270,7 +271,7 @@ func TestSupervisord(t *testing.T) {
 
 	t.Run("no autorestart: started by the restarter", func(t *testing.T) {
 		r := f.restarter(t, "unix://"+f.sock, "backend2", f.user, f.pass)
-		require.NoError(t, syscall.Kill(pid2, syscall.SIGSTOP))
+		stop(t, pid2)
 		require.NoError(t, r.Restart(context.Background(), Target{Backend: addr2, Index: 2, Reason: "hang"}))
 		newPid := f.next(t, addr2)
 		assert.NotEqual(t, pid2, newPid)

@@ -54,7 +54,7 @@ func TestMain(m *testing.M) {
 }
 
 // freePorts returns n distinct ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	ports, err := freeport.Ports(n)
 	require.NoError(t, err)
@@ -485,7 +485,7 @@ func TestOutputLines(t *testing.T) {
 // iteration uses a fresh group: a backend killed again within 10s is in a
 // crash loop and backs off.
 func BenchmarkKillToServing(b *testing.B) {
-	ports := freePorts(&testing.T{}, 1)
+	ports := freePorts(b, 1)
 	cfg := backendConfig(ports)
 	addr := cfg.Addrs()[0]
 	var exitLatency time.Duration
@@ -514,7 +514,7 @@ func BenchmarkKillToServing(b *testing.B) {
 // BenchmarkColdStart measures starting the backend by hand until it
 // answers /health: the backend's own start time.
 func BenchmarkColdStart(b *testing.B) {
-	ports := freePorts(&testing.T{}, 1)
+	ports := freePorts(b, 1)
 	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	for i := 0; i < b.N; i++ {
 		cmd := exec.Command(backendBin, "-addr", addr)
