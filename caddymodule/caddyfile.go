@@ -1,7 +1,7 @@
 package caddymodule
 
 import (
-	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -9,7 +9,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/dustin/go-humanize"
 
 	"github.com/crashonly/caddy-failover/caddymodule/restart"
 	"github.com/crashonly/caddy-failover/caddymodule/spawn"
@@ -48,11 +47,20 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		retry_methods <methods...>
 //		idempotency_key
 //		request_buffers <size>
+//		spawn <command> [<args...>] { ... }
+//		restart <restarter> ...
+//		restart_after <duration>
+//		restart_timeout <duration>
+//		max_restarting <n>
+//		restart_crashed [on|off]
+//		slow_start <duration>
 //		# any other reverse_proxy subdirective
 //	}
 //
 // failover's own subdirectives are taken out; everything else is handed to
-// reverse_proxy's parser, so it reads exactly as it does there.
+// reverse_proxy's parser, so it reads exactly as it does there. Each of
+// failover's own subdirectives may be given once, but for retry_methods,
+// whose lists add up. Values are checked against the bounds in validate.go.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	head := []caddyfile.Token{d.Token()}
@@ -60,12 +68,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		head = append(head, d.Token())
 	}
 	var rest []caddyfile.Token
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
+		sub := d.Val()
+		if seen[sub] && sub != "retry_methods" {
+			return d.Errf("%s: already specified (give it once)", line(d))
+		}
 		own, err := h.unmarshalOwn(d)
 		if err != nil {
 			return err
 		}
-		if !own {
+		if own {
+			seen[sub] = true
+		} else {
 			rest = append(rest, d.NextSegment()...)
 		}
 	}
@@ -76,7 +91,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		closing.Text, closing.Line = "}", rest[len(rest)-1].Line+1
 		toks = append(append(append(toks, open), rest...), closing)
 	}
-	return h.Handler.UnmarshalCaddyfile(caddyfile.NewDispenser(toks))
+	if err := h.Handler.UnmarshalCaddyfile(caddyfile.NewDispenser(toks)); err != nil {
+		return err
+	}
+	// what only the whole block tells
+	hd := caddyfile.NewDispenser(head)
+	hd.Next()
+	if n := len(h.Upstreams); n > MaxUpstreams {
+		return hd.Errf("%d upstreams: a pool may have at most %d (each gets heartbeats; is a port range too wide?)", n, MaxUpstreams)
+	}
+	if err := checkHeldBodies(h.MaxHeld, h.RequestBuffers); err != nil {
+		return hd.Errf("%v", err)
+	}
+	return nil
+}
+
+// line is the current subdirective with the rest of its line, for errors.
+func line(d *caddyfile.Dispenser) string {
+	return strings.Join(append([]string{d.Val()}, d.RemainingArgs()...), " ")
 }
 
 // unmarshalOwn parses one of failover's own subdirectives, reporting false
@@ -95,42 +127,49 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 		if err != nil {
 			return true, err
 		}
-		if !strings.HasPrefix(v, "/") {
-			return true, d.Errf("health_uri %q: must be a path starting with /", v)
+		if err := checkHealthURI(v); err != nil {
+			return true, d.Errf("health_uri %q: %v", v, err)
 		}
 		health().URI = v
-	case "health_interval", "health_timeout", "hold":
+	case "health_interval", "health_timeout", "hold", "restart_after", "restart_timeout", "slow_start":
 		v, err := oneArg(d)
 		if err != nil {
 			return true, err
 		}
 		dur, err := caddy.ParseDuration(v)
 		if err != nil {
-			return true, d.Errf("%s %q: not a duration: %v", sub, v, err)
+			return true, d.Errf("%s %q: not a duration like 250ms or 2s: %v", sub, v, err)
 		}
-		if dur <= 0 {
-			return true, d.Errf("%s %q: must be a positive duration", sub, v)
+		if err := checkDuration(sub, dur); err != nil {
+			return true, d.Errf("%s %q: %v", sub, v, err)
 		}
 		switch sub {
 		case "health_interval":
 			health().Interval = caddy.Duration(dur)
 		case "health_timeout":
 			health().Timeout = caddy.Duration(dur)
-		default:
+		case "hold":
 			h.Hold = caddy.Duration(dur)
+		case "restart_after":
+			h.RestartAfter = caddy.Duration(dur)
+		case "restart_timeout":
+			h.RestartTimeout = caddy.Duration(dur)
+		default:
+			h.SlowStart = caddy.Duration(dur)
 		}
-	case "health_fails", "health_passes", "retries", "max_held":
+	case "health_fails", "health_passes", "retries", "max_held", "max_restarting":
 		v, err := oneArg(d)
 		if err != nil {
 			return true, err
 		}
-		least := 1
-		if sub == "retries" {
-			least = 0
-		}
 		n, err := strconv.Atoi(v)
-		if err != nil || n < least {
-			return true, d.Errf("%s %q: must be a whole number of %d or more", sub, v, least)
+		if err == nil {
+			err = checkCount(sub, n)
+		} else {
+			err = checkCount(sub, -1) // the same message: what is allowed
+		}
+		if err != nil {
+			return true, d.Errf("%s %q: %v", sub, v, err)
 		}
 		switch sub {
 		case "health_fails":
@@ -139,6 +178,8 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			health().Passes = n
 		case "retries":
 			h.Retries = &n
+		case "max_restarting":
+			h.MaxRestarting = n
 		default:
 			h.MaxHeld = n
 		}
@@ -154,13 +195,17 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 	case "retry_methods":
 		methods := d.RemainingArgs()
 		if len(methods) == 0 {
-			return true, d.Errf("retry_methods: expected at least one method")
+			return true, d.Errf("retry_methods: expected at least one method, like GET PUT")
 		}
 		for _, m := range methods {
-			if !isToken(m) {
-				return true, d.Errf("retry_methods %q: not an HTTP method", m)
+			if err := checkMethod(m); err != nil {
+				return true, d.Errf("retry_methods %q: %v", m, err)
 			}
-			h.RetryMethods = append(h.RetryMethods, strings.ToUpper(m))
+			m = strings.ToUpper(m)
+			if slices.Contains(h.RetryMethods, m) {
+				return true, d.Errf("retry_methods %q: listed twice", m)
+			}
+			h.RetryMethods = append(h.RetryMethods, m)
 		}
 	case "idempotency_key":
 		if d.NextArg() {
@@ -172,11 +217,14 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 		if err != nil {
 			return true, err
 		}
-		size, err := humanize.ParseBytes(v)
-		if err != nil || size == 0 || size > math.MaxInt64 {
-			return true, d.Errf("request_buffers %q: not a size like 64KiB or 1MB", v)
+		size, err := parseSize(v)
+		if err != nil {
+			return true, d.Errf("request_buffers %q: %v; want a whole number of bytes from 1 to 16MiB, like 64KiB", v, err)
 		}
-		h.RequestBuffers = int64(size)
+		if err := checkRequestBuffers(size); err != nil {
+			return true, d.Errf("request_buffers %q: %v", v, err)
+		}
+		h.RequestBuffers = size
 	case "restart":
 		if !d.NextArg() {
 			return true, d.Errf("restart: expected a restarter name (known: %s)", strings.Join(restart.KnownRestarters(), ", "))
@@ -191,33 +239,6 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 		if err := h.Spawn.UnmarshalCaddyfile(d); err != nil {
 			return true, err
 		}
-	case "restart_after", "restart_timeout", "slow_start":
-		v, err := oneArg(d)
-		if err != nil {
-			return true, err
-		}
-		dur, err := caddy.ParseDuration(v)
-		if err != nil || dur <= 0 {
-			return true, d.Errf("%s %q: must be a positive duration", sub, v)
-		}
-		switch sub {
-		case "restart_after":
-			h.RestartAfter = caddy.Duration(dur)
-		case "restart_timeout":
-			h.RestartTimeout = caddy.Duration(dur)
-		default:
-			h.SlowStart = caddy.Duration(dur)
-		}
-	case "max_restarting":
-		v, err := oneArg(d)
-		if err != nil {
-			return true, err
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return true, d.Errf("max_restarting %q: must be a whole number of 1 or more", v)
-		}
-		h.MaxRestarting = n
 	case "restart_crashed":
 		on := true
 		if d.NextArg() {
@@ -228,15 +249,18 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			default:
 				return true, d.Errf("restart_crashed %q: expected on or off", v)
 			}
+			if d.NextArg() {
+				return true, d.Errf("restart_crashed %q: takes at most one argument, on or off", d.Val())
+			}
 		}
 		h.RestartCrashed = &on
+	case "dynamic":
+		return true, d.Errf("%s: dynamic upstreams are not supported (yet); list the upstreams, or let spawn give them", line(d))
 	case "lb_policy", "lb_retries", "lb_try_duration", "lb_try_interval", "lb_retry_match",
 		"health_port", "health_upstream", "health_headers", "health_method", "health_request_body",
 		"health_body", "health_follow_redirects", "health_path",
-		"fail_duration", "max_fails", "unhealthy_status", "unhealthy_latency", "unhealthy_request_count",
-		"dynamic":
-		return true, d.Errf("%s: managed by failover, not available in a failover block (see retries, hold and the health_* subdirectives)",
-			strings.Join(append([]string{sub}, d.RemainingArgs()...), " "))
+		"fail_duration", "max_fails", "unhealthy_status", "unhealthy_latency", "unhealthy_request_count":
+		return true, d.Errf("%s: managed by failover, not available in a failover block (see retries, hold and the health_* subdirectives)", line(d))
 	default:
 		return false, nil
 	}

@@ -84,7 +84,7 @@ func TestCaddyfileAdaptGolden(t *testing.T) {
 
 			// the frozen JSON must also load: provision every module
 			// (our heartbeat probers included) and clean up again
-			validateJSON(t, out)
+			require.NoError(t, validateJSON(t, out), "the adapted JSON must load")
 		})
 	}
 }
@@ -205,7 +205,10 @@ func TestCaddyfileBadValues(t *testing.T) {
 		{"managed fail_duration", "fail_duration 10s", "fail_duration", "10s"},
 		{"managed max_fails", "max_fails 3", "max_fails", "3"},
 		{"managed unhealthy_status", "unhealthy_status 5xx", "unhealthy_status", "5xx"},
-		{"managed dynamic", "dynamic a example.com 80", "dynamic", "a"},
+		{"managed dynamic", "dynamic a example.com 80", "dynamic", "not supported"},
+
+		{"restart_crashed with two arguments", "restart_crashed on off", "restart_crashed", "at most one argument"},
+		{"restart_crashed garbage", "restart_crashed maybe", "restart_crashed", "maybe"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// the bad line is line 4, after a passed-through subdirective,
@@ -219,6 +222,45 @@ func TestCaddyfileBadValues(t *testing.T) {
 				assert.Contains(t, msg, tc.value, "error must name the value")
 			}
 			assert.Contains(t, msg, "Caddyfile:4", "error must point at the line")
+		})
+	}
+}
+
+// Each of failover's own subdirectives may be given once (retry_methods
+// lists add up), as Caddy's own directives say: the error points at the
+// second one.
+func TestCaddyfileRepeatedSubdirective(t *testing.T) {
+	for _, tc := range []struct {
+		name, lines, sub, want string
+		at                     int
+	}{
+		{"hold twice", "hold 1s\n\t\thold 2s", "hold 2s", "already specified", 4},
+		{"health_uri twice", "health_uri /a\n\t\thealth_uri /b", "health_uri /b", "already specified", 4},
+		{"health_interval twice", "health_interval 1s\n\t\thealth_interval 1s", "health_interval", "already specified", 4},
+		{"health_timeout twice", "health_timeout 1s\n\t\thealth_timeout 1s", "health_timeout", "already specified", 4},
+		{"health_fails twice", "health_fails 1\n\t\thealth_fails 2", "health_fails", "already specified", 4},
+		{"health_passes twice", "health_passes 1\n\t\thealth_passes 2", "health_passes", "already specified", 4},
+		{"health_status twice", "health_status 2xx\n\t\thealth_status 200", "health_status", "already specified", 4},
+		{"max_held twice", "max_held 1\n\t\tmax_held 2", "max_held", "already specified", 4},
+		{"retries twice", "retries 1\n\t\tretries 2", "retries", "already specified", 4},
+		{"idempotency_key twice", "idempotency_key\n\t\tidempotency_key", "idempotency_key", "already specified", 4},
+		{"request_buffers twice", "request_buffers 1KiB\n\t\trequest_buffers 2KiB", "request_buffers", "already specified", 4},
+		{"restart twice", "restart signal /run/a.pid\n\t\trestart signal /run/b.pid", "restart signal /run/b.pid", "already specified", 4},
+		{"spawn twice", "spawn app {\n\t\t\tports 9001\n\t\t}\n\t\tspawn app {\n\t\t\tports 9002\n\t\t}", "spawn", "already specified", 6},
+		{"restart_after twice", "restart_after 1s\n\t\trestart_after 2s", "restart_after", "already specified", 4},
+		{"restart_timeout twice", "restart_timeout 1s\n\t\trestart_timeout 2s", "restart_timeout", "already specified", 4},
+		{"max_restarting twice", "max_restarting 1\n\t\tmax_restarting 2", "max_restarting", "already specified", 4},
+		{"restart_crashed twice", "restart_crashed\n\t\trestart_crashed off", "restart_crashed", "already specified", 4},
+		{"slow_start twice", "slow_start 1s\n\t\tslow_start 2s", "slow_start", "already specified", 4},
+		{"retry_methods method twice", "retry_methods GET\n\t\tretry_methods get", "retry_methods", "listed twice", 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := adaptFailoverBlock(t, tc.lines)
+			require.Error(t, err)
+			t.Log(err)
+			assert.Contains(t, err.Error(), tc.sub)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Contains(t, err.Error(), fmt.Sprintf("Caddyfile:%d", tc.at))
 		})
 	}
 }
@@ -269,16 +311,16 @@ func TestCaddyfilePassthroughErrors(t *testing.T) {
 func TestCaddyfileValues(t *testing.T) {
 	h := failoverHandler(t,
 		"health_interval 1m",
-		"health_timeout 1500us",
-		"hold 1d",
+		"health_timeout 1500ms",
+		"hold 10m",
 		"request_buffers 64KiB",
 		"retries 0",
 		"retry_methods get Post PURGE",
 		"health_status 503",
 	)
 	assert.EqualValues(t, time.Minute, h["health"].(map[string]any)["interval"])
-	assert.EqualValues(t, 1500*time.Microsecond, h["health"].(map[string]any)["timeout"])
-	assert.EqualValues(t, 24*time.Hour, h["hold"])
+	assert.EqualValues(t, 1500*time.Millisecond, h["health"].(map[string]any)["timeout"])
+	assert.EqualValues(t, 10*time.Minute, h["hold"])
 	assert.EqualValues(t, 65536, h["request_buffers"])
 	assert.EqualValues(t, 0, h["retries"], "retries 0 must survive as an explicit 0")
 	assert.Equal(t, []any{"GET", "POST", "PURGE"}, h["retry_methods"])
@@ -293,11 +335,21 @@ func TestCaddyfileValues(t *testing.T) {
 		assert.NotContains(t, h, k)
 	}
 
-	// a subdirective given twice: the last one wins, as in reverse_proxy,
-	// except retry_methods which accumulates
-	h = failoverHandler(t, "hold 1s", "hold 2s", "retry_methods GET", "retry_methods PUT")
-	assert.EqualValues(t, 2*time.Second, h["hold"])
+	// retry_methods lists add up (every other subdirective of failover's
+	// may be given once: see TestCaddyfileBadValues)
+	h = failoverHandler(t, "retry_methods GET", "retry_methods PUT")
 	assert.Equal(t, []any{"GET", "PUT"}, h["retry_methods"])
+
+	// sizes: whole numbers of bytes, up to the bound
+	for size, want := range map[string]int{"1.5KiB": 1536, "0.5KB": 500, "1": 1, "16MiB": 16 << 20} {
+		h = failoverHandler(t, "max_held 64", "request_buffers "+size)
+		assert.EqualValues(t, want, h["request_buffers"], size)
+	}
+	// the bounds themselves are allowed
+	h = failoverHandler(t, "health_interval 10ms", "health_timeout 10ms", "hold 1ms", "max_held 100000",
+		"request_buffers 10KiB", "retries 1000", "health_fails 100", "restart_after 1h", "restart_timeout 100ms",
+		"slow_start 1h", "max_restarting 4096")
+	assert.EqualValues(t, 100000, h["max_held"])
 }
 
 // failover is ordered by its init (after reverse_proxy), so it may stand

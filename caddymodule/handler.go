@@ -8,7 +8,6 @@ import (
 	"math"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -257,59 +256,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return h.Handler.Provision(ctx)
 }
 
-// checkManagedFields refuses reverse_proxy settings that failover owns, so
-// that a user never believes a setting works that is silently replaced.
-func (h *Handler) checkManagedFields() error {
-	switch {
-	case len(h.Upstreams) == 0:
-		return fmt.Errorf("failover: no upstreams: give them as arguments or with 'to'")
-	case h.DynamicUpstreamsRaw != nil:
-		return fmt.Errorf("failover: dynamic upstreams are not supported; list the upstreams")
-	case h.LoadBalancing != nil:
-		return fmt.Errorf("failover: load balancing (lb_*) is managed by failover; use retries, retry_methods, idempotency_key and hold")
-	case h.HealthChecks != nil:
-		return fmt.Errorf("failover: reverse_proxy health checks are replaced by failover's own; use health_uri, health_interval, health_timeout, health_fails, health_passes, health_status")
-	}
-	for _, u := range h.Upstreams {
-		if strings.Contains(u.Dial, "{") {
-			return fmt.Errorf("failover: upstream %q: placeholders are not supported in upstream addresses", u.Dial)
-		}
-		na, err := caddy.ParseNetworkAddress(u.Dial)
-		if err != nil {
-			return fmt.Errorf("failover: upstream %q: %v", u.Dial, err)
-		}
-		if na.Network != "tcp" {
-			return fmt.Errorf("failover: upstream %q: only TCP upstreams are supported", u.Dial)
-		}
-	}
-	return nil
-}
+// checkManagedFields refuses reverse_proxy settings that failover owns and
+// upstreams that are not one static TCP address each (see validate.go).
+func (h *Handler) checkManagedFields() error { return h.checkUpstreams() }
 
-// Validate checks failover's own settings.
-func (h *Handler) Validate() error {
-	if h.Retries != nil && *h.Retries < 0 {
-		return fmt.Errorf("failover: retries %d: must be 0 or more", *h.Retries)
-	}
-	if h.Hold < 0 {
-		return fmt.Errorf("failover: hold %v: must not be negative", time.Duration(h.Hold))
-	}
-	if h.MaxHeld < 0 {
-		return fmt.Errorf("failover: max_held %d: must be 0 or more", h.MaxHeld)
-	}
-	if h.RequestBuffers < 0 {
-		return fmt.Errorf("failover: request_buffers %d: must be a size (unlimited buffering is not allowed: held bodies must be bounded)", h.RequestBuffers)
-	}
-	for _, m := range h.RetryMethods {
-		if m == "" || strings.ToUpper(m) != m {
-			return fmt.Errorf("failover: retry_methods %q: methods are upper-case tokens like GET", m)
-		}
-	}
-	if err := h.validateRestarts(); err != nil {
-		return err
-	}
-	_, err := h.Health.engineConfig()
-	return err
-}
+// Validate checks failover's own settings against their bounds (see
+// validate.go).
+func (h *Handler) Validate() error { return h.validate() }
 
 func (h *Handler) provisionRetryRules() {
 	methods := h.RetryMethods

@@ -92,7 +92,7 @@ func TestNames(t *testing.T) {
 
 	j, err := json.Marshal(Transition{Backend: "a:1", Index: 2, From: Healthy, To: Ejected, Reason: Hang, Cause: "x"})
 	require.NoError(t, err)
-	assert.JSONEq(t, `{"backend":"a:1","index":2,"from":"healthy","to":"ejected","reason":"hang","cause":"x","at":"0001-01-01T00:00:00Z"}`, string(j))
+	assert.JSONEq(t, `{"backend":"a:1","index":2,"from":"healthy","to":"ejected","reason":"hang","cause":"x","at":"0001-01-01T00:00:00Z","last_answer":"0001-01-01T00:00:00Z"}`, string(j))
 	j, err = json.Marshal(Snapshot{Addr: "a:1", State: Healthy})
 	require.NoError(t, err)
 	assert.JSONEq(t, `{"address":"a:1","state":"healthy","since":"0001-01-01T00:00:00Z","beats":0,"in_flight":0,"active":0}`, string(j))

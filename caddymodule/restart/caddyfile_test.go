@@ -147,10 +147,14 @@ func TestParseCaddyfileErrors(t *testing.T) {
 		{"restart http http://x {\nmethod \"NO GOOD\"\n}", `restart http: bad method "NO GOOD"`},
 		{"restart http http://x {\nheader X\n}", `restart http: header takes a name and a value, got 1 arguments`},
 		{"restart http http://x {\nfrob\n}", `restart http: unknown subdirective "frob"`},
+		{"restart http http://x {\ntimeout 1s\ntimeout 2s\n}", `restart http: timeout already specified`},
+		{"restart http http://x {\nmethod PUT\nmethod POST\n}", `restart http: method already specified`},
+		{"restart http http://x {\nrestarts_on_exit\nrestarts_on_exit\n}", `restart http: restarts_on_exit already specified`},
 
 		{`restart exec`, `restart exec: missing command`},
 		{"restart exec true {\ntimeout -1s\n}", `restart exec: bad timeout "-1s": must be positive`},
 		{"restart exec true {\nretries 3\n}", `restart exec: unknown subdirective "retries"`},
+		{"restart exec true {\ntimeout 1s\ntimeout 1s\n}", `restart exec: timeout already specified`},
 		{"restart exec true {\nrestarts_on_exit yes\n}", `restart exec: restarts_on_exit takes no further argument, got "yes"`},
 
 		{`restart signal`, `restart signal: missing pidfile`},
@@ -166,6 +170,7 @@ func TestParseCaddyfileErrors(t *testing.T) {
 		{"restart supervisord /s.sock b {\npassword p\n}", `restart supervisord: password without username`},
 		{"restart supervisord /s.sock b {\nusername\n}", `restart supervisord: username needs a value`},
 		{"restart supervisord /s.sock b {\ntimeout 1y\n}", `restart supervisord: bad timeout "1y"`},
+		{"restart supervisord /s.sock b {\nusername a\nusername b\n}", `restart supervisord: username already specified`},
 	} {
 		t.Run(tc.input, func(t *testing.T) {
 			_, _, err := parse(t, tc.input)
@@ -174,12 +179,6 @@ func TestParseCaddyfileErrors(t *testing.T) {
 			assert.Contains(t, err.Error(), "Testfile:", "the error says where")
 		})
 	}
-}
-
-func TestUnshorthand(t *testing.T) {
-	assert.Equal(t, "{backend} {host}:{port} {index} {http.request.uri}",
-		Unshorthand("{http.request.hostport} {http.request.host}:{http.request.port} {index} {http.request.uri}"))
-	assert.Equal(t, "plain", Unshorthand("plain"))
 }
 
 func TestKnownRestarters(t *testing.T) {

@@ -1,7 +1,6 @@
 package restart
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +13,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/linelog"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 func init() {
@@ -35,7 +38,8 @@ const outputGrace = 200 * time.Millisecond
 //
 // The command runs in its own process group with stdin from /dev/null; each
 // line it writes to stdout or stderr is logged at info level with the
-// backend. It must exit with status 0 within the timeout; otherwise the
+// backend, under the logger named OutputLogger. Each run is logged with
+// the command and its exit status. It must exit with status 0 within the timeout; otherwise the
 // restart failed, and on timeout its whole process group is killed.
 // Processes it starts in the background in the same process group are left
 // alone when it exits in time.
@@ -121,7 +125,7 @@ func (e *Exec) Restart(ctx context.Context, t Target) error {
 	// The output goes through pipes of our own rather than cmd's: cmd.Wait
 	// would wait for (or, after WaitDelay, cut) output a background process
 	// still holds, which a restart script may leave behind on purpose.
-	out := &outputLog{logger: logger}
+	out := &outputLog{logger: logger.Named(OutputLogger)}
 	stdout, err := out.pipe(cmd, "stdout")
 	if err != nil {
 		return fmt.Errorf("exec restart of %s: %v", t.Backend, err)
@@ -132,6 +136,7 @@ func (e *Exec) Restart(ctx context.Context, t Target) error {
 		return fmt.Errorf("exec restart of %s: %v", t.Backend, err)
 	}
 	logger.Debug("running restart command", zap.Strings("args", args))
+	started := time.Now()
 	err = cmd.Start()
 	// the child has its copies; ours must go for the readers to see EOF
 	stdout.Close()
@@ -145,7 +150,9 @@ func (e *Exec) Restart(ctx context.Context, t Target) error {
 	}
 	err = cmd.Wait()
 	out.settle(outputGrace)
+	took := zap.Duration("took", time.Since(started))
 	if err == nil || errors.Is(err, exec.ErrWaitDelay) {
+		logger.Info("restart command exited", zap.Strings("args", args), zap.Int("exit_status", 0), took)
 		return nil
 	}
 
@@ -155,6 +162,11 @@ func (e *Exec) Restart(ctx context.Context, t Target) error {
 	} else if ctx.Err() != nil {
 		what = fmt.Sprintf("%v, process group killed", ctx.Err())
 	}
+	status := zap.String("exit", what)
+	if ee, ok := err.(*exec.ExitError); ok && ee.Exited() {
+		status = zap.Int("exit_status", ee.ExitCode())
+	}
+	logger.Info("restart command exited", zap.Strings("args", args), status, took)
 	if last := out.last(); last != "" {
 		return fmt.Errorf("exec restart of %s: %s: %s; last output: %q", t.Backend, commandLine(name, args), what, last)
 	}
@@ -168,6 +180,11 @@ func (e *Exec) RestartsOnExit() bool { return e.SupervisorRestartsOnExit }
 func commandLine(name string, args []string) string {
 	return snippet(strings.Join(append([]string{name}, args...), " "), 200)
 }
+
+// OutputLogger is the name, under the exec restarter's logger, of the
+// logger of its commands' output lines: in Caddy's log,
+// "failover.restarters.exec.output".
+const OutputLogger = "output"
 
 // outputLog logs a command's output lines and remembers the last one.
 type outputLog struct {
@@ -199,19 +216,11 @@ func (o *outputLog) pipe(cmd *exec.Cmd, stream string) (*os.File, error) {
 func (o *outputLog) read(r *os.File, stream string) {
 	defer o.wg.Done()
 	defer r.Close()
-	br := bufio.NewReaderSize(r, 4096)
-	for {
-		chunk, err := br.ReadSlice('\n')
-		if line := strings.TrimRight(string(chunk), "\r\n"); line != "" {
-			o.logger.Info("restart command output", zap.String("stream", stream), zap.String("line", line))
-			o.mu.Lock()
-			o.lastLine = line
-			o.mu.Unlock()
-		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return
-		}
-	}
+	linelog.Copy(r, func() *zap.Logger { return o.logger }, stream, nil, func(line string) {
+		o.mu.Lock()
+		o.lastLine = line
+		o.mu.Unlock()
+	})
 }
 
 // settle waits up to grace for the readers to reach the end of the output.
@@ -252,11 +261,15 @@ func (e *Exec) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.Errf("restart exec: missing command (usage: restart exec <command> [<args...>] [{ timeout <d> }])")
 	}
-	e.Command = Unshorthand(d.Val())
+	e.Command = placeholders.Unshorthand(d.Val())
 	for d.NextArg() {
-		e.Args = append(e.Args, Unshorthand(d.Val()))
+		e.Args = append(e.Args, placeholders.Unshorthand(d.Val()))
 	}
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
+		if err := once(d, seen, "exec"); err != nil {
+			return err
+		}
 		switch sub := d.Val(); sub {
 		case "timeout":
 			t, err := parseTimeout(d, "exec")

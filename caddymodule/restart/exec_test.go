@@ -44,12 +44,18 @@ func TestExecRestart(t *testing.T) {
 		"placeholders are expanded, one argument each, no shell splitting; unknown ones stay")
 
 	var lines []string
-	for _, e := range logs.FilterMessage("restart command output").All() {
+	for _, e := range logs.FilterLoggerName(OutputLogger).All() {
 		assert.Equal(t, zapcore.InfoLevel, e.Level)
 		assert.Equal(t, "127.0.0.1:9002", e.ContextMap()["backend"])
-		lines = append(lines, e.ContextMap()["stream"].(string)+": "+e.ContextMap()["line"].(string))
+		lines = append(lines, e.ContextMap()["stream"].(string)+": "+e.Message)
 	}
 	assert.ElementsMatch(t, []string{"stdout: restarting 127.0.0.1", "stderr: to stderr"}, lines)
+	exited := logs.FilterMessage("restart command exited").All()
+	require.Len(t, exited, 1, "each run is logged once")
+	assert.Equal(t, zapcore.InfoLevel, exited[0].Level)
+	assert.Equal(t, "sh", exited[0].ContextMap()["command"])
+	assert.EqualValues(t, 0, exited[0].ContextMap()["exit_status"])
+	assert.Equal(t, "127.0.0.1:9002", exited[0].ContextMap()["backend"])
 	assert.False(t, r.(ExitWatcher).RestartsOnExit())
 
 	r = mustLoad(t, `{"restarter": "exec", "command": "true", "restarts_on_exit": true}`)
@@ -58,8 +64,13 @@ func TestExecRestart(t *testing.T) {
 
 func TestExecFailure(t *testing.T) {
 	r := mustLoad(t, `{"restarter": "exec", "command": "sh", "args": ["-c", "echo first; echo 'unit backend@{port} not found' >&2; exit 3"]}`)
+	logs := observed(r)
 	err := r.Restart(context.Background(), Target{Backend: "127.0.0.1:9003"})
 	require.Error(t, err)
+	exited := logs.FilterMessage("restart command exited").All()
+	require.Len(t, exited, 1)
+	assert.EqualValues(t, 3, exited[0].ContextMap()["exit_status"])
+	assert.Equal(t, "sh", exited[0].ContextMap()["command"])
 	assert.Contains(t, err.Error(), "exit status 3")
 	assert.Contains(t, err.Error(), "unit backend@9003 not found")
 	assert.Contains(t, err.Error(), "127.0.0.1:9003")

@@ -14,6 +14,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 func init() {
@@ -34,7 +37,10 @@ const maxErrorBody = 256
 //
 // ("since", RFC 3339 in UTC, is left out when unknown) with Content-Type
 // application/json. Any 2xx answer means the restart was requested; any
-// other answer, or none within the timeout, is a failed restart.
+// other answer, or none within the timeout, is a failed restart. Redirects
+// are never followed: a 3xx is a failed restart whose error says where it
+// pointed (following one would send the headers, secrets included, to
+// another host, and would turn a POST into a GET without its body).
 type HTTP struct {
 	// URL to send the request to, http or https. May use the placeholders
 	// {backend} (host:port), {host}, {port}, {index} and {reason}.
@@ -56,6 +62,7 @@ type HTTP struct {
 	SupervisorRestartsOnExit bool `json:"restarts_on_exit,omitempty"`
 
 	client *http.Client
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -67,7 +74,8 @@ func (*HTTP) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision sets the defaults and makes the client.
-func (h *HTTP) Provision(caddy.Context) error {
+func (h *HTTP) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
 	if h.Method == "" {
 		h.Method = http.MethodPost
 	}
@@ -80,8 +88,8 @@ func (h *HTTP) Provision(caddy.Context) error {
 			// stale one by the time the next restart uses it
 			DisableKeepAlives: true,
 		},
-		// a restart endpoint that redirects is followed, as curl -L would;
-		// the timeout covers the whole chain
+		// a redirect is answered, not followed: see the type's doc
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	return nil
 }
@@ -166,22 +174,38 @@ func (h *HTTP) Restart(ctx context.Context, t Target) error {
 
 	client := h.client
 	if client == nil { // not provisioned
-		client = http.DefaultClient
+		client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
+	logger := h.logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	logger = logger.With(zap.String("backend", t.Backend), zap.String("method", method), zap.String("url", target))
 	resp, err := client.Do(req)
 	if err != nil {
 		if ctx.Err() == nil && errors.Is(rctx.Err(), context.DeadlineExceeded) {
-			return fmt.Errorf("http restart of %s: %s %s: no answer within %v", t.Backend, method, target, timeout)
+			err = fmt.Errorf("http restart of %s: %s %s: no answer within %v", t.Backend, method, target, timeout)
+		} else {
+			err = fmt.Errorf("http restart of %s: %w", t.Backend, err)
 		}
-		return fmt.Errorf("http restart of %s: %w", t.Backend, err)
+		logger.Info("restart request got no answer", zap.Error(err))
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
 		// let the server finish its answer, within bounds
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		logger.Info("restart request answered", zap.Int("status", resp.StatusCode))
 		return nil
 	}
+	if resp.StatusCode >= 300 && resp.StatusCode <= 399 {
+		loc := snippet(resp.Header.Get("Location"), 200)
+		logger.Info("restart request answered with a redirect, not followed", zap.Int("status", resp.StatusCode), zap.String("location", loc))
+		return fmt.Errorf("http restart of %s: %s %s: %s, redirected to %q: redirects are not followed; configure the URL it points to",
+			t.Backend, method, target, resp.Status, loc)
+	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
+	logger.Info("restart request answered", zap.Int("status", resp.StatusCode))
 	if s := snippet(string(b), maxErrorBody); s != "" {
 		return fmt.Errorf("http restart of %s: %s %s: %s: %q", t.Backend, method, target, resp.Status, s)
 	}
@@ -205,11 +229,15 @@ func (h *HTTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.Errf("restart http: missing URL (usage: restart http <url> [{ method <m>; header <name> <value>; timeout <d> }])")
 	}
-	h.URL = Unshorthand(d.Val())
+	h.URL = placeholders.Unshorthand(d.Val())
 	if d.NextArg() {
 		return d.Errf("restart http: unexpected argument %q after the URL", d.Val())
 	}
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
+		if err := once(d, seen, "http", "header"); err != nil {
+			return err
+		}
 		switch sub := d.Val(); sub {
 		case "method":
 			if !d.NextArg() {
@@ -227,8 +255,8 @@ func (h *HTTP) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if h.Headers == nil {
 				h.Headers = make(http.Header)
 			}
-			name := Unshorthand(args[0])
-			h.Headers[name] = append(h.Headers[name], Unshorthand(args[1]))
+			name := placeholders.Unshorthand(args[0])
+			h.Headers[name] = append(h.Headers[name], placeholders.Unshorthand(args[1]))
 		case "timeout":
 			t, err := parseTimeout(d, "http")
 			if err != nil {

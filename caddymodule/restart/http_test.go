@@ -6,12 +6,16 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 type seenRequest struct {
@@ -125,4 +129,68 @@ func TestHTTPTimeout(t *testing.T) {
 	err = r.Restart(ctx, Target{Backend: "127.0.0.1:9001"})
 	require.Error(t, err)
 	assert.ErrorIs(t, err, context.Canceled)
+}
+
+// A restart endpoint that redirects is not followed: the restart failed,
+// the error and the log say where it pointed, and the target of the
+// redirect never sees the request (nor its secret header). Both the 302
+// (which a client would turn into a bodiless GET) and the 307 (which keeps
+// method and headers) are refused.
+func TestHTTPRedirectNotFollowed(t *testing.T) {
+	for _, status := range []int{http.StatusFound, http.StatusTemporaryRedirect} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			elsewhere, hits := recorder(t, http.StatusOK, "restarted")
+			seen := make(chan seenRequest, 10)
+			redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				seen <- seenRequest{method: r.Method, path: r.URL.Path, header: r.Header.Clone()}
+				http.Redirect(w, r, elsewhere.URL+"/steal", status)
+			}))
+			t.Cleanup(redirector.Close)
+			r := mustLoad(t, mustJSON(t, map[string]any{
+				"restarter": "http",
+				"url":       redirector.URL + "/restart",
+				"headers":   map[string][]string{"X-Secret": {"s3cret"}},
+			}))
+			core, logs := observer.New(zapcore.DebugLevel)
+			r.(*HTTP).logger = zap.New(core)
+
+			err := r.Restart(context.Background(), Target{Backend: "127.0.0.1:9001", Reason: "hang"})
+			require.Error(t, err, "a redirect is a failed restart")
+			assert.Contains(t, err.Error(), strconv.Itoa(status))
+			assert.Contains(t, err.Error(), elsewhere.URL+"/steal", "the error says where it pointed")
+			assert.Contains(t, err.Error(), "not followed")
+
+			got := <-seen
+			assert.Equal(t, http.MethodPost, got.method)
+			assert.Equal(t, "s3cret", got.header.Get("X-Secret"))
+			select {
+			case h := <-hits:
+				t.Fatalf("the redirect was followed: %s %s with X-Secret %q", h.method, h.path, h.header.Get("X-Secret"))
+			default:
+			}
+
+			entries := logs.FilterMessageSnippet("redirect").All()
+			require.Len(t, entries, 1, "one log line for the call")
+			f := entries[0].ContextMap()
+			assert.Equal(t, redirector.URL+"/restart", f["url"])
+			assert.EqualValues(t, status, f["status"])
+			assert.Equal(t, elsewhere.URL+"/steal", f["location"])
+		})
+	}
+}
+
+// Each call is logged with the URL and the status it got.
+func TestHTTPRestartLogged(t *testing.T) {
+	srv, seen := recorder(t, http.StatusServiceUnavailable, "busy")
+	r := mustLoad(t, `{"restarter": "http", "url": "`+srv.URL+`/r/{port}"}`)
+	core, logs := observer.New(zapcore.InfoLevel)
+	r.(*HTTP).logger = zap.New(core)
+	require.Error(t, r.Restart(context.Background(), Target{Backend: "127.0.0.1:9001"}))
+	<-seen
+	entries := logs.FilterMessage("restart request answered").All()
+	require.Len(t, entries, 1)
+	f := entries[0].ContextMap()
+	assert.Equal(t, srv.URL+"/r/9001", f["url"])
+	assert.EqualValues(t, http.StatusServiceUnavailable, f["status"])
+	assert.Equal(t, "127.0.0.1:9001", f["backend"])
 }

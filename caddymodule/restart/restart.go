@@ -7,9 +7,8 @@ package restart
 import (
 	"context"
 	"encoding/json"
-	"net"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -17,6 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 // Namespace is the Caddy module namespace of restarters.
@@ -51,40 +52,13 @@ type ExitWatcher interface {
 }
 
 // Replacer returns a replacer for the placeholders a restarter's settings
-// may use: {backend} (host:port), {host}, {port} and {index}.
+// may use: {backend} (host:port), {host}, {port}, {index} and {reason}, and
+// Caddy's global placeholders such as {env.TOKEN}.
 func Replacer(t Target) *caddy.Replacer {
-	repl := caddy.NewEmptyReplacer()
-	host, port, err := net.SplitHostPort(t.Backend)
-	if err != nil {
-		host = t.Backend
-	}
-	repl.Set("backend", t.Backend)
-	repl.Set("host", host)
-	repl.Set("port", port)
-	repl.Set("index", strconv.Itoa(t.Index))
+	repl := placeholders.Backend(t.Backend, t.Index)
 	repl.Set("reason", t.Reason)
 	return repl
 }
-
-// Unshorthand undoes what the Caddyfile adapter does to placeholders in a
-// site block: it rewrites {host}, {port} and {hostport} to the request
-// placeholders {http.request.host}, {http.request.port} and
-// {http.request.hostport} before any directive sees them. A restarter runs
-// outside any request, so those mean the backend here: this turns them back
-// into {host}, {port} and {backend}. Restarters apply it to every value they
-// read from a Caddyfile; JSON configs are taken as written.
-func Unshorthand(s string) string {
-	if !strings.Contains(s, "{http.request.") {
-		return s
-	}
-	return unshorthands.Replace(s)
-}
-
-var unshorthands = strings.NewReplacer(
-	"{http.request.hostport}", "{backend}",
-	"{http.request.host}", "{host}",
-	"{http.request.port}", "{port}",
-)
 
 // ParseCaddyfile parses one restarter from a Caddyfile, with d positioned on
 // the restarter's name, the token after "restart":
@@ -159,6 +133,17 @@ func parseTimeout(d *caddyfile.Dispenser, restarter string) (caddy.Duration, err
 		return 0, d.Errf("restart %s: timeout takes one duration, got also %q", restarter, d.Val())
 	}
 	return caddy.Duration(dur), nil
+}
+
+// once fails when the current subdirective of a restarter's block was
+// given before, unless it is one of multi, whose values add up.
+func once(d *caddyfile.Dispenser, seen map[string]bool, restarter string, multi ...string) error {
+	sub := d.Val()
+	if seen[sub] && !slices.Contains(multi, sub) {
+		return d.Errf("restart %s: %s already specified (give it once)", restarter, sub)
+	}
+	seen[sub] = true
+	return nil
 }
 
 // noMoreArgs fails when the current line has one more argument.

@@ -4,19 +4,20 @@ package restart
 
 import (
 	"context"
-	"net"
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/crashonly/caddy-failover/internal/freeport"
 )
 
 // TestRunTimeFailures: restarters that fail when they run return an error
 // and do not panic.
 func TestRunTimeFailures(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Ports(1)
 	require.NoError(t, err)
-	closed := ln.Addr().String()
-	require.NoError(t, ln.Close())
+	closed := fmt.Sprintf("127.0.0.1:%d", ports[0])
 
 	dir := t.TempDir()
 	for name, raw := range map[string]string{

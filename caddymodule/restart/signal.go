@@ -15,6 +15,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"go.uber.org/zap"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 func init() {
@@ -39,7 +42,8 @@ type Signal struct {
 	// a number. Default: KILL, the one a hung process cannot ignore.
 	Signal string `json:"signal,omitempty"`
 
-	sig syscall.Signal
+	sig    syscall.Signal
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -50,8 +54,9 @@ func (*Signal) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision parses the signal.
-func (s *Signal) Provision(caddy.Context) error {
+// Provision parses the signal and takes the logger.
+func (s *Signal) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
 	sig, err := ParseSignal(s.Signal)
 	if err != nil {
 		return fmt.Errorf("restart signal: %v", err)
@@ -136,7 +141,21 @@ func (s *Signal) Restart(_ context.Context, t Target) error {
 		}
 		return fmt.Errorf("signal restart of %s: signalling process %d (from pidfile %s): %v", t.Backend, pid, path, err)
 	}
+	if s.logger != nil {
+		s.logger.Info("signalled backend process", zap.String("backend", t.Backend), zap.Int("pid", pid),
+			zap.String("signal", signalName(sig)), zap.String("pidfile", path))
+	}
 	return nil
+}
+
+// signalName is the name of sig without "SIG" (KILL), or its number.
+func signalName(sig syscall.Signal) string {
+	for name, s := range signals {
+		if s == sig {
+			return name
+		}
+	}
+	return strconv.Itoa(int(sig))
 }
 
 // readPidfile reads the process id at the start of a pidfile, refusing the
@@ -181,7 +200,7 @@ func (s *Signal) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.Errf("restart signal: missing pidfile (usage: restart signal <pidfile> [<signal>])")
 	}
-	s.Pidfile = Unshorthand(d.Val())
+	s.Pidfile = placeholders.Unshorthand(d.Val())
 	if d.NextArg() {
 		s.Signal = d.Val()
 		if _, err := ParseSignal(s.Signal); err != nil {

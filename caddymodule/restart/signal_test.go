@@ -14,6 +14,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // sleeper starts a real process that lives until it is killed, and writes
@@ -62,8 +65,15 @@ func TestSignalRestart(t *testing.T) {
 				raw += `, "signal": "` + tc.signal + `"`
 			}
 			r := mustLoad(t, raw+"}")
+			core, logs := observer.New(zapcore.InfoLevel)
+			r.(*Signal).logger = zap.New(core)
 			require.NoError(t, r.Restart(context.Background(), Target{Backend: "127.0.0.1:9101"}))
 			assert.Equal(t, tc.want, killedBy(t, cmd))
+			entries := logs.FilterMessage("signalled backend process").All()
+			require.Len(t, entries, 1, "the signal is logged")
+			assert.EqualValues(t, cmd.Process.Pid, entries[0].ContextMap()["pid"], "the log names the pid killed")
+			assert.Equal(t, signalName(tc.want), entries[0].ContextMap()["signal"])
+			assert.Equal(t, "127.0.0.1:9101", entries[0].ContextMap()["backend"])
 			assert.True(t, r.(ExitWatcher).RestartsOnExit())
 		})
 	}

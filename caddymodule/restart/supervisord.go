@@ -14,6 +14,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 func init() {
@@ -305,11 +307,15 @@ func (s *Supervisord) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.Errf("restart supervisord: missing process name (%s)", usage)
 	}
-	s.Process = Unshorthand(d.Val())
+	s.Process = placeholders.Unshorthand(d.Val())
 	if d.NextArg() {
 		return d.Errf("restart supervisord: unexpected argument %q (%s)", d.Val(), usage)
 	}
+	seen := make(map[string]bool)
 	for d.NextBlock(0) {
+		if err := once(d, seen, "supervisord"); err != nil {
+			return err
+		}
 		switch sub := d.Val(); sub {
 		case "username", "password":
 			if !d.NextArg() {

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,36 +21,30 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/crashonly/caddy-failover/internal/freeport"
+	"github.com/crashonly/caddy-failover/internal/procstat"
+	"github.com/crashonly/caddy-failover/internal/testenv"
 )
 
-// supervisordBinary finds supervisord, installing the Debian package when
-// CI=true, or skips the test.
+// supervisordBinary finds supervisord: a failure on CI (.ci/run installs
+// the Debian package supervisor), a skip elsewhere.
 func supervisordBinary(t *testing.T) string {
 	t.Helper()
-	if p, err := exec.LookPath("supervisord"); err == nil {
-		return p
-	}
-	if os.Getenv("CI") != "true" {
-		t.Skip("supervisord is not on PATH: install it (Debian/Ubuntu: apt-get install supervisor) to run this test; with CI=true the test installs it")
-	}
-	for _, args := range [][]string{{"update"}, {"install", "-y", "supervisor"}} {
-		cmd := exec.Command("apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "apt-get %s:\n%s", strings.Join(args, " "), out)
-	}
 	p, err := exec.LookPath("supervisord")
-	require.NoError(t, err, "supervisord still not on PATH after apt-get install supervisor")
+	if err != nil {
+		testenv.Missing(t, "supervisord is not on PATH (Debian/Ubuntu: apt-get install supervisor)")
+	}
 	return p
 }
 
-// freePort returns a loopback port nobody listens on right now.
-func freePort(t *testing.T) int {
+// stop SIGSTOPs pid and waits until every one of its threads is stopped:
+// kill(2) returns when the signal is sent, and on a loaded machine the
+// threads the kernel has not stopped yet may still answer a request.
+func stop(t *testing.T, pid int) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+	require.True(t, procstat.WaitAllStopped(pid, 10*time.Second), "process %d not stopped within 10s", pid)
 }
 
 // buildBackend builds examples/backend into dir.
@@ -86,19 +79,21 @@ func startSupervisord(t *testing.T) *supervisorFixture {
 	bin := supervisordBinary(t)
 	dir := t.TempDir()
 	backend := buildBackend(t, dir)
+	ports, err := freeport.Ports(3)
+	require.NoError(t, err)
 	f := &supervisorFixture{
 		sock:               filepath.Join(dir, "s.sock"),
 		user:               "caddy",
 		pass:               "s3cret",
-		port1:              freePort(t),
-		port2:              freePort(t),
+		port1:              ports[0],
+		port2:              ports[1],
 		listening:          make(map[string]chan int),
 		supervisordStopped: make(chan struct{}),
 	}
 	for _, port := range []int{f.port1, f.port2} {
 		f.listening[fmt.Sprintf("127.0.0.1:%d", port)] = make(chan int, 16)
 	}
-	inet := freePort(t)
+	inet := ports[2]
 	f.url = fmt.Sprintf("http://127.0.0.1:%d", inet)
 	conf := fmt.Sprintf(`
 [unix_http_server]
@@ -252,7 +247,7 @@ func TestSupervisord(t *testing.T) {
 	t.Run("hung process, unix socket", func(t *testing.T) {
 		r := f.restarter(t, f.sock, "backend{index}", f.user, f.pass)
 		assert.True(t, r.(ExitWatcher).RestartsOnExit())
-		require.NoError(t, syscall.Kill(pid1, syscall.SIGSTOP))
+		stop(t, pid1)
 		require.Error(t, health(addr1), "a stopped backend does not answer")
 
 		start := time.Now()
@@ -276,7 +271,7 @@ func TestSupervisord(t *testing.T) {
 
 	t.Run("no autorestart: started by the restarter", func(t *testing.T) {
 		r := f.restarter(t, "unix://"+f.sock, "backend2", f.user, f.pass)
-		require.NoError(t, syscall.Kill(pid2, syscall.SIGSTOP))
+		stop(t, pid2)
 		require.NoError(t, r.Restart(context.Background(), Target{Backend: addr2, Index: 2, Reason: "hang"}))
 		newPid := f.next(t, addr2)
 		assert.NotEqual(t, pid2, newPid)

@@ -8,15 +8,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-)
 
-// shorthandsBack undoes the Caddyfile adapter's shorthand expansion: it
-// rewrites {port} and {host} in every token of a site block to the HTTP
-// request's placeholders before any directive sees them, while in a spawn
-// block they mean the backend's.
-var shorthandsBack = strings.NewReplacer(
-	"{http.request.port}", "{port}",
-	"{http.request.host}", "{host}",
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 // UnmarshalCaddyfile sets up the config from Caddyfile tokens. The
@@ -32,16 +25,23 @@ var shorthandsBack = strings.NewReplacer(
 //	}
 //
 // ports and to may be repeated and add backends; exactly one of them must be
-// used. It checks everything but the file system (see Validate).
+// used. {host}, {port} and {hostport} mean the backend's (see
+// placeholders.Unshorthand). It checks everything but the file system (see
+// Validate).
 func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextArg() {
-		c.Command = append(c.Command, shorthandsBack.Replace(d.Val()))
+		c.Command = append(c.Command, placeholders.Unshorthand(d.Val()))
 	}
 	if len(c.Command) == 0 {
 		return d.Err("spawn: missing command (spawn <command> [<args...>] { ports <from>-<to> })")
 	}
+	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
+		if (sub == "dir" || sub == "stop_timeout") && seen[sub] {
+			return d.Errf("spawn %s: already specified (give it once)", sub)
+		}
+		seen[sub] = true
 		switch sub {
 		case "ports":
 			args := d.RemainingArgs()
@@ -74,7 +74,7 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) != 2 {
 				return d.Errf("%s: expected a name and a value (env <key> <value>)", line("spawn env", args))
 			}
-			k, v := args[0], shorthandsBack.Replace(args[1])
+			k, v := args[0], placeholders.Unshorthand(args[1])
 			if k == "" || strings.ContainsAny(k, "=\x00") {
 				return d.Errf("spawn env %q: not a variable name", k)
 			}
@@ -96,7 +96,7 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) != 1 {
 				return d.Errf("%s: expected one path", line("spawn dir", args))
 			}
-			c.Dir = shorthandsBack.Replace(args[0])
+			c.Dir = placeholders.Unshorthand(args[0])
 		case "stop_timeout":
 			args := d.RemainingArgs()
 			if len(args) != 1 {

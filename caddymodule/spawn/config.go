@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
 )
 
 // Defaults and bounds.
@@ -209,12 +211,7 @@ func (c Config) specs() []Spec {
 	base := c.baseEnv()
 	specs := make([]Spec, len(addrs))
 	for i, addr := range addrs {
-		host, port, _ := net.SplitHostPort(addr)
-		repl := caddy.NewReplacer()
-		repl.Set("port", port)
-		repl.Set("host", host)
-		repl.Set("backend", addr)
-		repl.Set("index", strconv.Itoa(i))
+		repl := placeholders.Backend(addr, i)
 		s := Spec{Addr: addr, Index: i, Dir: repl.ReplaceKnown(c.Dir, ""), StopTimeout: c.stopTimeout()}
 		s.Argv = make([]string, len(c.Command))
 		for j, a := range c.Command {

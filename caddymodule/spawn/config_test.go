@@ -168,6 +168,16 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{`spawn app {
 			ports 9001 9001
 		}`, "spawn backend 127.0.0.1:9001: listed twice"},
+		{`spawn app {
+			ports 9001
+			dir /a
+			dir /b
+		}`, "spawn dir: already specified"},
+		{`spawn app {
+			ports 9001
+			stop_timeout 1s
+			stop_timeout 1s
+		}`, "spawn stop_timeout: already specified"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			_, err := parse(t, tc.input)

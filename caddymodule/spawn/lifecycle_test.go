@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 // Acquire starts nothing; Start does.
@@ -104,9 +106,9 @@ func TestReapOrphans(t *testing.T) {
 	// a pid that exists with another start time: its owner is gone
 	dead := start(fmt.Sprintf("%d:%d", os.Getpid(), 1))
 	// the parent of this test: alive, with its real start time
-	st, err := readStat(os.Getppid())
+	st, err := procstat.Read(os.Getppid())
 	require.NoError(t, err)
-	live := start(fmt.Sprintf("%d:%d", os.Getppid(), st.start))
+	live := start(fmt.Sprintf("%d:%d", os.Getppid(), st.Start))
 	untagged := start("")
 
 	var reaped []int

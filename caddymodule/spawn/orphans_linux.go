@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 // ownerVar tags every spawned process, and what it starts in turn, with the
@@ -22,11 +24,11 @@ import (
 const ownerVar = "CADDY_FAILOVER_OWNER"
 
 var self = sync.OnceValue(func() string {
-	st, err := readStat(os.Getpid())
+	st, err := procstat.Read(os.Getpid())
 	if err != nil {
 		return strconv.Itoa(os.Getpid())
 	}
-	return fmt.Sprintf("%d:%d", os.Getpid(), st.start)
+	return fmt.Sprintf("%d:%d", os.Getpid(), st.Start)
 })
 
 // orphanTag is the environment entry that tags this Caddy's processes.
@@ -46,7 +48,7 @@ func reapOrphansOnce(log *zap.Logger) {
 }
 
 func reapOrphans(report func(pid int, owner string)) {
-	names, err := procPids()
+	names, err := procstat.Pids()
 	if err != nil {
 		return
 	}
@@ -78,27 +80,8 @@ func ownerAlive(tag string) bool {
 	if !ok || err1 != nil || err2 != nil {
 		return true // not ours to judge
 	}
-	st, err := readStat(pid)
-	return err == nil && st.start == start && st.state != 'Z'
-}
-
-func procPids() ([]int, error) {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return nil, err
-	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return nil, err
-	}
-	pids := make([]int, 0, len(names))
-	for _, n := range names {
-		if pid, err := strconv.Atoi(n); err == nil {
-			pids = append(pids, pid)
-		}
-	}
-	return pids, nil
+	st, err := procstat.Read(pid)
+	return err == nil && st.Start == start && st.Live()
 }
 
 // portHolder reports whether addr (host:port) is taken by a listener, and
@@ -146,7 +129,7 @@ func listeningInode(port int) string {
 
 // socketOwner finds a process with socket inode open.
 func socketOwner(inode string) int {
-	pids, err := procPids()
+	pids, err := procstat.Pids()
 	if err != nil {
 		return 0
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +26,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/crashonly/caddy-failover/internal/freeport"
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 // backendBin is the example backend, built once by TestMain.
@@ -52,19 +54,10 @@ func TestMain(m *testing.M) {
 }
 
 // freePorts returns n distinct ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	ports := make([]int, n)
-	lns := make([]net.Listener, n)
-	for i := range lns {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		lns[i] = ln
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
+	ports, err := freeport.Ports(n)
+	require.NoError(t, err)
 	return ports
 }
 
@@ -122,14 +115,7 @@ func alive(pid int) bool {
 	if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
 		return false
 	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	// pid (comm) state ...: comm may contain spaces and parentheses
-	rest := stat[strings.LastIndexByte(string(stat), ')')+1:]
-	fields := strings.Fields(string(rest))
-	return len(fields) > 0 && fields[0] != "Z" && fields[0] != "X"
+	return procstat.Alive(pid)
 }
 
 func acquire(t *testing.T, cfg Config, log *zap.Logger) *Group {
@@ -482,6 +468,8 @@ func TestOutputLines(t *testing.T) {
 	out := logs.FilterMessage("out").All()
 	require.Len(t, out, 1)
 	assert.Equal(t, "stdout", out[0].ContextMap()["stream"])
+	assert.Equal(t, OutputLogger, out[0].LoggerName, "output has a logger of its own, to filter")
+	assert.Equal(t, zapcore.InfoLevel, out[0].Level)
 	errs := logs.FilterMessage("err").All()
 	require.Len(t, errs, 1)
 	assert.Equal(t, "stderr", errs[0].ContextMap()["stream"])
@@ -497,7 +485,7 @@ func TestOutputLines(t *testing.T) {
 // iteration uses a fresh group: a backend killed again within 10s is in a
 // crash loop and backs off.
 func BenchmarkKillToServing(b *testing.B) {
-	ports := freePorts(&testing.T{}, 1)
+	ports := freePorts(b, 1)
 	cfg := backendConfig(ports)
 	addr := cfg.Addrs()[0]
 	var exitLatency time.Duration
@@ -528,7 +516,7 @@ func BenchmarkKillToServing(b *testing.B) {
 // BenchmarkColdStart measures starting the backend by hand until it
 // answers /health: the backend's own start time.
 func BenchmarkColdStart(b *testing.B) {
-	ports := freePorts(&testing.T{}, 1)
+	ports := freePorts(b, 1)
 	addr := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	for i := 0; i < b.N; i++ {
 		cmd := exec.Command(backendBin, "-addr", addr)

@@ -1,6 +1,10 @@
 package spawn
 
-import "syscall"
+import (
+	"syscall"
+
+	"github.com/crashonly/caddy-failover/internal/procstat"
+)
 
 // setPdeathsig has the kernel SIGKILL the backend if Caddy dies without
 // stopping it (kill -9, a crash). It covers the backend process only, not
@@ -15,13 +19,13 @@ func groupAlive(r *running) bool {
 	if !groupExists(r) {
 		return false
 	}
-	pids, err := procPids()
+	pids, err := procstat.Pids()
 	if err != nil {
 		return true
 	}
 	for _, pid := range pids {
-		st, err := readStat(pid)
-		if err == nil && st.pgrp == r.pid && st.state != 'Z' && st.state != 'X' {
+		st, err := procstat.Read(pid)
+		if err == nil && st.Pgrp == r.pid && st.Live() {
 			return true
 		}
 	}

@@ -4,10 +4,12 @@ package main
 // real example backends that are really killed and frozen.
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -333,13 +335,6 @@ func TestReloadKeepsHealth(t *testing.T) {
 		assert.True(t, before.Backends[i].Since.Equal(after[0].Backends[i].Since),
 			"backend %d: no transition across reloads", i)
 	}
-	// The dead backend is still out: no request went to it.
-	for range 9 {
-		code, body, _, err := r.get("/work")
-		require.NoError(t, err)
-		require.Equal(t, http.StatusOK, code)
-		require.NotContains(t, body, "backend=b3")
-	}
 	// Goroutines settle back (an idle connection or two may come and go).
 	deadline := time.Now().Add(5 * time.Second)
 	for n := r.goroutines(); n > baseline+4; n = r.goroutines() {
@@ -348,4 +343,71 @@ func TestReloadKeepsHealth(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+
+	// The dead backend is still out after the reloads: no request is sent
+	// to it. A listener on its address records every request that reaches
+	// it and closes the connection unanswered (so heartbeats keep failing
+	// and it stays ejected). A request sent there would still succeed, on a
+	// peer, so only the recorder can tell.
+	paths := recordRequests(t, r.addrs[2])
+	select {
+	case p := <-paths:
+		require.Equal(t, "/health", p, "the first request at the dead backend's address is a heartbeat")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no heartbeat reached the recorder on the dead backend's address within 10s")
+	}
+	for range 9 {
+		code, _, _, err := r.get("/work")
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, code)
+	}
+	// a request that reached the recorder was recorded before its
+	// connection closed, so before the proxy could replay it and answer
+	for {
+		select {
+		case p := <-paths:
+			require.Equal(t, "/health", p, "a client request was sent to the ejected backend")
+			continue
+		default:
+		}
+		break
+	}
+}
+
+// recordRequests listens on addr and sends the path of every request that
+// reaches it to the returned channel, closing each connection unanswered.
+// It stops when the test ends.
+func recordRequests(t *testing.T, addr string) <-chan string {
+	ln, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	paths := make(chan string, 4096)
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err == nil {
+					paths <- req.URL.Path // never full: a few heartbeats a second
+				}
+			}()
+		}
+	}()
+	return paths
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/crashonly/caddy-failover/caddymodule"
 	"github.com/crashonly/caddy-failover/cmd/internal/chaos"
+	"github.com/crashonly/caddy-failover/internal/testenv"
 )
 
 // supervisord runs a real supervisord with its own config and socket,
@@ -27,10 +28,7 @@ import (
 func startSupervisord(t *testing.T, dir string, ports []int) string {
 	bin, err := exec.LookPath("supervisord")
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("supervisord not installed (Debian package supervisor; .ci/run installs it)")
-		}
-		t.Skip("supervisord not installed")
+		testenv.Missing(t, "supervisord is not installed (Debian package supervisor)")
 	}
 	sock := filepath.Join(dir, "s.sock")
 	var conf strings.Builder

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/crashonly/caddy-failover/caddymodule"
 	"github.com/crashonly/caddy-failover/cmd/internal/chaos"
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 // poolsAt reads failover's admin API.
@@ -62,15 +62,9 @@ func pidsOf(t *testing.T, addrs []string) []int {
 	return pids
 }
 
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// a zombie is dead, just not reaped yet
-	f := strings.Fields(string(b))
-	return len(f) > 2 && f[2] != "Z"
-}
+// alive reports whether pid is a process that has not exited (a zombie is
+// dead, just not reaped yet).
+func alive(pid int) bool { return procstat.Alive(pid) }
 
 // The built-in supervisor: Caddy runs the pool, restarts what is killed or
 // frozen, keeps the processes across a reload of an unchanged config, and

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 // BackendConfig describes an examples/backend process.
@@ -175,12 +177,10 @@ func (b *Backend) Stop() error {
 	if err := p.signal(syscall.SIGSTOP); err != nil {
 		return err
 	}
-	// kill(2) returns before the process stops; a test that probes it next
-	// must find it stopped, so wait (bounded) until the kernel says so
-	deadline := time.Now().Add(2 * time.Second)
-	for ProcState(p.pid) != "T" && ProcState(p.pid) != "t" && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	// kill(2) returns before the process stops, and its first thread to
+	// stop stops the others only later: a test that probes it next must find
+	// every thread stopped, so wait (bounded) until the kernel says so
+	procstat.WaitAllStopped(p.pid, 2*time.Second)
 	return nil
 }
 

@@ -1,11 +1,13 @@
 package chaos
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCaddyfile(t *testing.T) {
@@ -30,13 +32,21 @@ func TestListenAddrs(t *testing.T) {
 	}
 }
 
-// TestCaddy runs a real Caddy in front of two backends. Building Caddy takes
-// minutes, so this runs only with CHAOS_CADDY_BIN set to a binary built from
-// ./cmd/caddy (go build -o /tmp/caddy ./cmd/caddy).
+// TestCaddy runs a real Caddy in front of two backends: the binary in
+// CHAOS_CADDY_BIN if set, else one it builds from ./cmd/caddy (which takes
+// a while the first time; -short skips it).
 func TestCaddy(t *testing.T) {
 	bin := os.Getenv("CHAOS_CADDY_BIN")
 	if bin == "" {
-		t.Skip("set CHAOS_CADDY_BIN to a caddy binary built from ./cmd/caddy")
+		if testing.Short() {
+			t.Skip("-short: builds ./cmd/caddy (or set CHAOS_CADDY_BIN to a caddy built from it)")
+		}
+		bin = filepath.Join(t.TempDir(), "caddy")
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+		defer cancel()
+		if err := BuildBinary(ctx, "./cmd/caddy", bin); err != nil {
+			t.Fatal(err)
+		}
 	}
 	bs, _ := startBackends(t, 2)
 	ports, err := FreePorts(2)

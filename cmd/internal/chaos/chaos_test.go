@@ -570,21 +570,6 @@ func jsonRoundTrip(r Report) (Report, error) {
 	return back, nil
 }
 
-func TestFreePorts(t *testing.T) {
-	ports, err := FreePorts(50)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lo, hi := ephemeralRange()
-	seen := map[int]bool{}
-	for _, p := range ports {
-		if seen[p] || p <= 0 || (lo > minPort && p >= lo && p <= hi) {
-			t.Fatalf("bad port %d in %v (ephemeral range %d-%d)", p, ports, lo, hi)
-		}
-		seen[p] = true
-	}
-}
-
 func TestBackendStartupDelay(t *testing.T) {
 	start := time.Now()
 	bs, _ := startBackends(t, 1, "-startup-delay", "300ms")

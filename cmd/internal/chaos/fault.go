@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 // Fault kinds.
@@ -273,25 +273,12 @@ func (in *Injector) KillStopped() []int {
 	return killed
 }
 
-// ProcState is the state letter of a process in /proc/<pid>/stat ("R", "S",
-// "T" for stopped, "Z" for a zombie…), or "" if there is no such process.
-func ProcState(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		return s[i+2 : i+3]
-	}
-	return ""
-}
+// ProcState is the state letter of a process ("R", "S", "T" for stopped,
+// "Z" for a zombie…), or "" if there is no such process.
+func ProcState(pid int) string { return procstat.State(pid) }
 
 // Alive reports whether pid is a live process (not a zombie).
-func Alive(pid int) bool {
-	st := ProcState(pid)
-	return st != "" && st != "Z" && st != "X"
-}
+func Alive(pid int) bool { return procstat.Alive(pid) }
 
 // Wait waits for the delayed kills of hangs applied with Apply.
 func (in *Injector) Wait() { in.pending.Wait() }
