@@ -116,6 +116,7 @@ type Handler struct {
 	// held counts the requests its pool holds now, for max_held
 	held      *atomic.Int64
 	obs       *observer // the pool's metrics, events and counters
+	ops       *poolOps  // the pool's operator actions
 	ownsInner *reverseproxy.HTTPTransport
 	restarter restart.Restarter // nil: none
 	spawned   *spawn.Group
@@ -224,7 +225,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.pool, h.poolKey, h.held, h.obs = rp.Pool, key, rp.held, rp.obs
+	h.pool, h.poolKey, h.held, h.obs, h.ops = rp.Pool, key, rp.held, rp.obs, rp.ops
 	h.backends = h.pool.Backends()
 	if h.Spawn != nil {
 		if h.spawned, err = spawn.Acquire(*h.Spawn, h.logger.Named("spawn")); err != nil {

@@ -39,6 +39,7 @@ func (h *Handler) start(roll bool) {
 			h.logger.Error("spawn", zap.Error(err))
 		}
 	}
+	h.ops.setReplace(h.replaceFunc())
 	h.pool.Start()
 	if roll && len(changed) > 0 {
 		startRoll(h.spawnAddrs, h.spawned, h.logger)
@@ -90,32 +91,45 @@ func startRoll(addrs []string, g *spawn.Group, log *zap.Logger) {
 }
 
 // roll replaces, one at a time, every backend of g that runs another
-// command than g's: drain it (no new requests, in-flight ones finish),
-// stop it gracefully, start the new command, and wait until it is back in
-// service before the next. A graceful exit of a draining backend is not a
-// crash: no false ejection, no restart.
+// command than g's (see cycle). A graceful exit of a draining backend is
+// not a crash: no false ejection, no restart.
 func roll(ctx context.Context, g *spawn.Group) error {
 	for i, addr := range g.Addrs() {
 		if g.Current(i) {
 			continue
 		}
-		backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Drain(b) })
-		step, cancel := context.WithTimeout(ctx, rollStep)
-		backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { _ = p.WaitIdle(step, b) })
-		err := g.Replace(step, i)
-		if err == nil {
-			err = waitListening(step, addr)
-		}
-		backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Return(b) })
-		if err == nil {
-			err = waitInService(step, addr)
-		}
-		cancel()
-		if err != nil {
+		if err := cycle(ctx, addr, false, func(ctx context.Context) error { return g.Replace(ctx, i) }); err != nil {
 			return fmt.Errorf("backend %s: %w", addr, err)
 		}
 	}
 	return nil
+}
+
+// cycleStep bounds each step of a cycle: the drain of a backend's
+// requests, and its return to service.
+const cycleStep = 30 * time.Second
+
+// cycle takes the backend at addr out of service in every pool that has
+// it, waits until no request is in flight on it, replaces its process
+// (replace), and brings it back: once the new process listens, it returns
+// to the normal lifecycle, and cycle waits until it is in service again
+// (healthy: through slow start too).
+func cycle(ctx context.Context, addr string, healthy bool, replace func(context.Context) error) error {
+	backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Drain(b) })
+	step, cancel := context.WithTimeout(ctx, cycleStep)
+	backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { _ = p.WaitIdle(step, b) })
+	cancel()
+	step, cancel = context.WithTimeout(ctx, cycleStep)
+	defer cancel()
+	err := replace(step)
+	if err == nil {
+		err = waitListening(step, addr)
+	}
+	backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Return(b) })
+	if err == nil {
+		err = waitInService(step, addr, healthy)
+	}
+	return err
 }
 
 // waitListening waits until addr accepts connections: until then a
@@ -136,20 +150,29 @@ func waitListening(ctx context.Context, addr string) error {
 	}
 }
 
-// waitInService waits until every pool that probes addr has it in service.
-func waitInService(ctx context.Context, addr string) error {
+// waitInService waits until every pool that probes addr has it in service,
+// and with healthy, out of probation too.
+func waitInService(ctx context.Context, addr string, healthy bool) error {
 	for {
 		var ready []<-chan struct{}
+		ramping := false
 		backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) {
 			if !b.InService() {
 				ready = append(ready, p.Ready())
+			} else if healthy && b.InProbation() {
+				ramping = true
 			}
 		})
-		if len(ready) == 0 {
+		if len(ready) == 0 && !ramping {
 			return nil
 		}
+		var wake <-chan struct{}
+		if len(ready) > 0 {
+			wake = ready[0]
+		}
 		select {
-		case <-ready[0]:
+		case <-wake:
+		case <-time.After(50 * time.Millisecond): // the end of slow start is no event
 		case <-ctx.Done():
 			return errors.New("not back in service after its replacement")
 		}

@@ -23,6 +23,7 @@ type runningPool struct {
 	*healthcheck.Pool
 	held *atomic.Int64
 	obs  *observer
+	ops  *poolOps
 }
 
 func (p runningPool) Destruct() error {
@@ -50,7 +51,7 @@ func acquirePool(addrs []string, cfg healthcheck.Config, tlsKey string) (running
 	key := poolKey(addrs, cfg, tlsKey)
 	v, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
 		p := healthcheck.NewPool(addrs, cfg, nil)
-		return runningPool{p, new(atomic.Int64), newObserver(p)}, nil
+		return runningPool{p, new(atomic.Int64), newObserver(p), new(poolOps)}, nil
 	})
 	if err != nil {
 		return runningPool{}, "", err

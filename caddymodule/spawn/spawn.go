@@ -170,3 +170,17 @@ func (g *Group) Addrs() []string {
 	}
 	return addrs
 }
+
+// PidAt returns the pid of the process the built-in supervisor runs at
+// addr, 0 if it runs none there.
+func PidAt(addr string) int {
+	pid := 0
+	slots.Range(func(k, v any) bool {
+		if k == addr {
+			pid = int(v.(*slot).pid.Load())
+			return false
+		}
+		return true
+	})
+	return pid
+}

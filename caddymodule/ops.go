@@ -1,0 +1,120 @@
+package caddymodule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/crashonly/caddy-failover/healthcheck"
+)
+
+// poolOps are the operator's actions on a pool that need more than the
+// engine: replacing a backend's process, and rolling restarts.
+type poolOps struct {
+	mu      sync.Mutex
+	replace func(ctx context.Context, b *healthcheck.Backend) error // nil: no restarter
+	rolling *RollingRestart
+}
+
+// errNoRestarter: the pool's config has neither restart nor spawn.
+var errNoRestarter = errors.New("the pool has no restarter (restart or spawn)")
+
+func (o *poolOps) setReplace(f func(context.Context, *healthcheck.Backend) error) {
+	o.mu.Lock()
+	o.replace = f
+	o.mu.Unlock()
+}
+
+func (o *poolOps) replacer() func(context.Context, *healthcheck.Backend) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.replace
+}
+
+// replaceFunc is how the handler's config replaces a backend's process on
+// an operator's request: the built-in supervisor stops it gracefully
+// (SIGTERM, SIGKILL after stop_timeout) and starts it again; a restarter
+// is asked to restart it, and must return once the old process is gone.
+func (h *Handler) replaceFunc() func(context.Context, *healthcheck.Backend) error {
+	switch {
+	case h.spawned != nil:
+		g := h.spawned
+		return func(ctx context.Context, b *healthcheck.Backend) error { return g.Replace(ctx, b.Index) }
+	case h.restarter != nil:
+		r := restarter{h.restarter, restarterName(h.restarter), h.obs}
+		return func(ctx context.Context, b *healthcheck.Backend) error {
+			return r.Restart(ctx, b, healthcheck.Manual, time.Now())
+		}
+	}
+	return nil
+}
+
+// RollingRestart is a rolling restart's progress, as the admin API shows it.
+type RollingRestart struct {
+	Pool     string    `json:"pool"`
+	State    string    `json:"state"` // running, done, failed
+	Done     []string  `json:"done"`
+	Current  string    `json:"current,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// errRollingRestart: one is already running on the pool.
+var errRollingRestart = errors.New("a rolling restart of this pool is already running")
+
+// startRollingRestart restarts the pool's backends one at a time: drain,
+// replace, wait until healthy (through slow start), next. It stops at the
+// first backend that does not come back.
+func (rp runningPool) startRollingRestart() (RollingRestart, error) {
+	o := rp.ops
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.replace == nil {
+		return RollingRestart{}, errNoRestarter
+	}
+	if o.rolling != nil && o.rolling.State == "running" {
+		return *o.rolling, errRollingRestart
+	}
+	rr := &RollingRestart{Pool: rp.obs.Name(), State: "running", Done: []string{}, Started: time.Now()}
+	o.rolling = rr
+	replace := o.replace
+	go func() {
+		var err error
+		for _, b := range rp.Backends() {
+			o.mu.Lock()
+			rr.Current = b.Addr
+			o.mu.Unlock()
+			err = cycle(context.Background(), b.Addr, true, func(ctx context.Context) error { return replace(ctx, b) })
+			if err != nil {
+				err = fmt.Errorf("backend %s: %w", b.Addr, err)
+				break
+			}
+			o.mu.Lock()
+			rr.Done = append(rr.Done, b.Addr)
+			o.mu.Unlock()
+		}
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		rr.Current, rr.Finished, rr.State = "", time.Now(), "done"
+		if err != nil {
+			rr.State, rr.Error = "failed", err.Error()
+		}
+	}()
+	return *rr, nil
+}
+
+// rollingStatus is the pool's last rolling restart, if any.
+func (rp runningPool) rollingStatus() (RollingRestart, bool) {
+	rp.ops.mu.Lock()
+	defer rp.ops.mu.Unlock()
+	if rp.ops.rolling == nil {
+		return RollingRestart{}, false
+	}
+	rr := *rp.ops.rolling
+	rr.Done = append([]string(nil), rr.Done...)
+	return rr, true
+}
+
