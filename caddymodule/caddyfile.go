@@ -35,6 +35,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	failover [<upstreams...>] {
 //		to <upstreams...>
+//		name <name>
 //		health_uri <path>
 //		health_interval <duration>
 //		health_timeout <duration>
@@ -122,6 +123,15 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 		return h.Health
 	}
 	switch sub {
+	case "name":
+		v, err := oneArg(d)
+		if err != nil {
+			return true, err
+		}
+		if err := checkName(v); err != nil {
+			return true, d.Errf("name %q: %v", v, err)
+		}
+		h.Name = v
 	case "health_uri":
 		v, err := oneArg(d)
 		if err != nil {

@@ -235,6 +235,11 @@ func checkMethod(m string) error {
 
 // validate checks failover's own settings, as they come from JSON.
 func (h *Handler) validate() error {
+	if h.Name != "" {
+		if err := checkName(h.Name); err != nil {
+			return fmt.Errorf("failover: name %q: %v", h.Name, err)
+		}
+	}
 	if h.Retries != nil {
 		if err := validateCount("retries", *h.Retries, false); err != nil {
 			return err
@@ -353,6 +358,20 @@ func checkDial(dial string) error {
 		return fmt.Errorf("a port range where one address is meant: want one host:port per upstream (the Caddyfile expands ranges)")
 	case na.StartPort == 0:
 		return fmt.Errorf("port 0: want a port from 1 to 65535")
+	}
+	return nil
+}
+
+// checkName checks a pool name: it goes into metric labels and admin API
+// paths, so printable, no white space, and short.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("must not be empty")
+	case len(name) > 128:
+		return fmt.Errorf("%d characters, more than 128", len(name))
+	case strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return fmt.Errorf("must not contain white space or control characters")
 	}
 	return nil
 }
