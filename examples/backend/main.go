@@ -41,6 +41,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -59,13 +60,14 @@ func main() {
 	crashAfter := flag.Int64("crash-after", 0, "exit with status 2 after serving `N` application requests (0: never)")
 	hangAfter := flag.Int64("hang-after", 0, "stop answering after serving `N` application requests (0: never)")
 	startupDelay := flag.Duration("startup-delay", 0, "sleep this long before listening (a slow start)")
+	drainNotice := flag.Duration("drain-notice", time.Second, "on SIGTERM, wait at most this long for a heartbeat to announce the drain to before closing the listener")
 	flag.Parse()
 	if *addr == "" || flag.NArg() > 0 {
 		flag.Usage()
 		os.Exit(2)
 	}
 
-	s := &server{pid: os.Getpid(), crashAfter: *crashAfter, hangAfter: *hangAfter}
+	s := &server{pid: os.Getpid(), crashAfter: *crashAfter, hangAfter: *hangAfter, announced: make(chan struct{})}
 	if *records != "" {
 		// Opened once, O_APPEND: each record is a single write(2) of a whole
 		// line, and the kernel appends each such write atomically, so lines
@@ -99,7 +101,13 @@ func main() {
 	signal.Notify(term, syscall.SIGTERM)
 	go func() {
 		<-term
+		// announce the drain on the next heartbeat (or give up waiting
+		// for one after -drain-notice), then stop accepting
 		s.draining.Store(true)
+		select {
+		case <-s.announced:
+		case <-time.After(*drainNotice):
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), maxWork+time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
@@ -124,8 +132,10 @@ type server struct {
 	crashAfter int64
 	hangAfter  int64
 
-	served   atomic.Int64 // application requests answered so far
-	draining atomic.Bool  // SIGTERM received
+	served    atomic.Int64  // application requests answered so far
+	draining  atomic.Bool   // SIGTERM received
+	announced chan struct{} // closed once a heartbeat was told of the drain
+	announce  sync.Once
 	hung     atomic.Bool  // set by POST /hang or -hang-after: every request blocks
 }
 
@@ -214,6 +224,10 @@ func (s *server) health(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
 		w.Header().Set("Failover-Drain", "1")
 		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "draining")
+		http.NewResponseController(w).Flush()
+		s.announce.Do(func() { close(s.announced) })
+		return
 	}
 	io.WriteString(w, "ok")
 }
