@@ -136,7 +136,7 @@ type server struct {
 	draining  atomic.Bool   // SIGTERM received
 	announced chan struct{} // closed once a heartbeat was told of the drain
 	announce  sync.Once
-	hung     atomic.Bool  // set by POST /hang or -hang-after: every request blocks
+	hung      atomic.Bool // set by POST /hang or -hang-after: every request blocks
 }
 
 func (s *server) routes() http.Handler {
