@@ -169,7 +169,7 @@ func main() {
 	flag.DurationVar(&cfg.Duration, "duration", 20*time.Second, "how long the load runs (per proxy)")
 	flag.IntVar(&cfg.Backends, "backends", 3, "number of backends")
 	flag.IntVar(&cfg.Concurrency, "concurrency", 8, "closed-loop clients")
-	flag.StringVar(&faults, "faults", "crash,hang,outage", "comma-separated fault kinds (crash, hang, outage); empty: none")
+	flag.StringVar(&faults, "faults", "crash,hang,outage", "comma-separated fault kinds (crash, hang, outage, deploy: a rolling restart, through failover's admin API or, for stock, SIGTERM one by one); empty: none")
 	flag.DurationVar(&cfg.Every, "every", 2*time.Second, "one fault every this long")
 	flag.DurationVar(&cfg.HangFor, "hang-for", 1500*time.Millisecond, "without spawn (stock reverse_proxy): how long a hung backend stays hung before the stand-in supervisor kills and restarts it")
 	flag.DurationVar(&cfg.RestartSec, "restart-sec", 100*time.Millisecond, "without spawn: the stand-in supervisor's pause between a backend's exit and its restart")
@@ -468,6 +468,8 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 	if spawned {
 		view.begin(p.name, cfg.Duration, len(plan), rig.IDs(), pids.Pids(), watcher)
 		inj.PidOf, inj.NumBackends = pids.PidOf, cfg.Backends
+		// a deploy is failover's rolling restart, through its admin API
+		inj.Deploy = func(ctx context.Context) error { return chaos.RollingRestart(ctx, rig.Admin()) }
 	} else {
 		var backendPids []int
 		for _, b := range rig.Backends() {

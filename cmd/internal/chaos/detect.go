@@ -10,7 +10,7 @@ import (
 // take a crashed or hung backend out of service, and to ask for a hung one's
 // restart. Report embeds it; AddFaults fills it in.
 type Faults struct {
-	// FaultsApplied counts crash, hang and outage faults applied (not the
+	// FaultsApplied counts crash, hang, outage and deploy faults applied (not the
 	// kill that ends a hang).
 	FaultsApplied int `json:"faults_applied"`
 	// StateSource says where the backend states came from (see
@@ -105,6 +105,10 @@ func (r *Report) AddFaults(start time.Time, nBackends int, faults []FaultEvent, 
 	}
 	var hits []hit
 	for _, ev := range faults {
+		if ev.Err == "" && ev.Kind == FaultDeploy {
+			f.FaultsApplied++ // no detection latency to measure: nothing failed
+			continue
+		}
 		if ev.Err != "" || (ev.Action != "SIGKILL" && ev.Action != "SIGSTOP") {
 			continue // failed, or the kill that ends a hang
 		}

@@ -17,10 +17,15 @@ const (
 	FaultCrash  = "crash"  // SIGKILL one backend; its supervisor restarts it
 	FaultHang   = "hang"   // SIGSTOP one backend; SIGKILL it HangFor later unless Injector.PidOf is set
 	FaultOutage = "outage" // SIGKILL every backend at once
+	FaultDeploy = "deploy" // a rolling deploy: every backend restarted gracefully, one at a time
 )
 
 // FaultKinds lists the kinds Schedule and Injector know.
-var FaultKinds = []string{FaultCrash, FaultHang, FaultOutage}
+var FaultKinds = []string{FaultCrash, FaultHang, FaultOutage, FaultDeploy}
+
+// DefaultFaultKinds are the kinds a run has unless told otherwise: faults,
+// not deploys.
+var DefaultFaultKinds = []string{FaultCrash, FaultHang, FaultOutage}
 
 // Fault is one planned fault.
 type Fault struct {
@@ -30,7 +35,7 @@ type Fault struct {
 }
 
 func (f Fault) String() string {
-	if f.Kind == FaultOutage {
+	if f.Kind == FaultOutage || f.Kind == FaultDeploy {
 		return fmt.Sprintf("+%v %s (all backends)", f.At, f.Kind)
 	}
 	return fmt.Sprintf("+%v %s backend %d", f.At, f.Kind, f.Backend)
@@ -46,7 +51,7 @@ func Schedule(seed int64, duration time.Duration, nBackends int, kinds []string,
 		return nil
 	}
 	if len(kinds) == 0 {
-		kinds = FaultKinds
+		kinds = DefaultFaultKinds
 	}
 	rng := rand.New(rand.NewPCG(uint64(seed), 0x6368616f73)) // "chaos"
 	round := slices.Clone(kinds)
@@ -56,7 +61,7 @@ func Schedule(seed int64, duration time.Duration, nBackends int, kinds []string,
 			rng.Shuffle(len(round), func(a, b int) { round[a], round[b] = round[b], round[a] })
 		}
 		f := Fault{At: at, Kind: round[i%len(round)], Backend: rng.IntN(nBackends)}
-		if f.Kind == FaultOutage {
+		if f.Kind == FaultOutage || f.Kind == FaultDeploy {
 			f.Backend = -1
 		}
 		out = append(out, f)
@@ -111,6 +116,11 @@ type Injector struct {
 	// OnFault, if set, is called with every event as it happens, possibly
 	// from several goroutines at once.
 	OnFault func(FaultEvent)
+	// Deploy, if set, performs a deploy fault (e.g. a rolling restart
+	// through failover's admin API) and returns when it is done. Unset: a
+	// rolling SIGTERM, one backend at a time, each waited for until a new
+	// process answers (its supervisor restarts it).
+	Deploy func(ctx context.Context) error
 
 	mu      sync.Mutex
 	events  []FaultEvent
@@ -137,6 +147,10 @@ func (in *Injector) Run(ctx context.Context, faults []Fault) {
 // SIGKILL follows HangFor later (or when ctx ends) and Run, or Wait, waits
 // for it.
 func (in *Injector) Apply(ctx context.Context, f Fault) {
+	if f.Kind == FaultDeploy {
+		in.deploy(ctx, f)
+		return
+	}
 	if in.PidOf != nil {
 		in.applyPid(f)
 		return
@@ -310,4 +324,53 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// deploy applies a deploy fault: Deploy, or a rolling SIGTERM.
+func (in *Injector) deploy(ctx context.Context, f Fault) {
+	ev := FaultEvent{Fault: f, Time: time.Now(), Action: "deploy"}
+	var err error
+	if in.Deploy != nil {
+		err = in.Deploy(ctx)
+	} else {
+		ev.Action = "SIGTERM, one by one"
+		ev.Pids, err = in.rollingTerm(ctx)
+	}
+	if err != nil {
+		ev.Err = err.Error()
+	}
+	in.record(ev)
+}
+
+// rollingTerm SIGTERMs each backend in turn and waits until its process
+// is replaced by a new one before the next.
+func (in *Injector) rollingTerm(ctx context.Context) ([]int, error) {
+	pidOf, n := in.PidOf, in.NumBackends
+	if pidOf == nil {
+		n = len(in.Backends)
+		pidOf = func(i int) int {
+			if in.Backends[i].Running() {
+				return in.Backends[i].Pid()
+			}
+			return 0
+		}
+	}
+	var pids []int
+	for i := range n {
+		pid := pidOf(i)
+		if pid <= 0 {
+			return pids, fmt.Errorf("backend %d: %w", i, ErrNotRunning)
+		}
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+			return pids, err
+		}
+		pids = append(pids, pid)
+		deadline := time.Now().Add(30 * time.Second)
+		for p := pidOf(i); p == pid || p <= 0; p = pidOf(i) {
+			if time.Now().After(deadline) || !sleepCtx(ctx, 10*time.Millisecond) {
+				return pids, fmt.Errorf("backend %d (pid %d) did not come back", i, pid)
+			}
+		}
+	}
+	return pids, nil
 }

@@ -490,3 +490,51 @@ func parseLogTime(raw json.RawMessage) (time.Time, bool) {
 	}
 	return time.Time{}, false
 }
+
+// RollingRestart asks failover's admin API at admin for a rolling restart of
+// its (first) pool and waits, bounded by ctx, until it has ended.
+func RollingRestart(ctx context.Context, admin string) error {
+	res, err := http.Get("http://" + admin + "/failover/pools")
+	if err != nil {
+		return err
+	}
+	var ps []struct {
+		Name string `json:"name"`
+	}
+	err = json.NewDecoder(res.Body).Decode(&ps)
+	res.Body.Close()
+	if err != nil || len(ps) == 0 {
+		return fmt.Errorf("chaos: no failover pool at %s (%v)", admin, err)
+	}
+	url := "http://" + admin + "/failover/pools/" + ps[0].Name + "/rolling-restart"
+	res, err = http.Post(url, "", nil)
+	if err != nil {
+		return err
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("chaos: rolling restart: %s: %s", res.Status, b)
+	}
+	for {
+		if !sleepCtx(ctx, 50*time.Millisecond) {
+			return ctx.Err()
+		}
+		res, err := http.Get(url)
+		if err != nil {
+			return err
+		}
+		var rr struct{ State, Error string }
+		err = json.NewDecoder(res.Body).Decode(&rr)
+		res.Body.Close()
+		if err != nil {
+			return err
+		}
+		switch rr.State {
+		case "done":
+			return nil
+		case "failed":
+			return fmt.Errorf("chaos: rolling restart failed: %s", rr.Error)
+		}
+	}
+}
