@@ -388,7 +388,7 @@ func TestSchedule(t *testing.T) {
 			t.Errorf("fault %v: bad backend", f)
 		}
 	}
-	for _, k := range FaultKinds {
+	for _, k := range DefaultFaultKinds {
 		if kinds[k] != 3 {
 			t.Errorf("kind %s: %d faults, want 3 (%v)", k, kinds[k], a)
 		}
