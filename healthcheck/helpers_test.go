@@ -266,6 +266,37 @@ func (b *backend) awaitHits(tb testing.TB, n int64) {
 	}
 }
 
+// rawServer listens on loopback and runs handle on each connection it
+// accepts, closing it after; all ends when the test does. It returns the
+// address.
+func rawServer(tb testing.TB, handle func(net.Conn)) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	var wg sync.WaitGroup
+	tb.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 // refusedAddr is an address where nothing listens.
 func refusedAddr(tb testing.TB) string {
 	tb.Helper()

@@ -14,9 +14,21 @@ import (
 	"time"
 )
 
-// maxProbeBody bounds how much of a heartbeat answer is read; a longer one
-// is judged by its status and its connection dropped.
-const maxProbeBody = 64 << 10
+// Heartbeat answers are read within bounds, so that a hostile or broken
+// backend cannot make the prober read (or hold) without end: http.ReadResponse
+// alone holds a status line or headers of any length in memory.
+const (
+	// maxProbeHead bounds the status line and headers of an answer (nginx's
+	// proxy_buffer_size, the most common page size): past it the beat is a
+	// miss and the connection dropped.
+	maxProbeHead = 8 << 10
+	// maxProbeBody bounds the body read (trailers included); a longer one
+	// is judged by its status (a big page at the default path "/" is alive)
+	// and its connection dropped.
+	maxProbeBody = 64 << 10
+)
+
+var errHeadTooLong = fmt.Errorf("status line and headers over %d bytes", maxProbeHead)
 
 // prober sends one backend its heartbeats, one at a time, over one held
 // keep-alive connection. Between beats a reader blocks on that connection,
@@ -231,6 +243,9 @@ func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale boo
 	case r := <-w.results:
 		if r.err != nil {
 			pr.drop()
+			if r.bad {
+				return Miss, fmt.Errorf("bad heartbeat answer: %w", r.err), false
+			}
 			return connEvidence(r.err), r.err, true
 		}
 		if r.close {
@@ -291,6 +306,9 @@ type readResult struct {
 	status int
 	close  bool
 	err    error
+	// bad: err came after part of an answer (malformed, too long), not
+	// from a connection that failed before any
+	bad bool
 }
 
 func startWatch(conn net.Conn) *watch {
@@ -300,16 +318,21 @@ func startWatch(conn net.Conn) *watch {
 }
 
 func (w *watch) read() {
-	br := bufio.NewReaderSize(w.conn, 4096)
+	lim := &capReader{r: w.conn}
+	br := bufio.NewReaderSize(lim, 4096)
 	for {
+		carried := br.Buffered() > 0
+		lim.n, lim.err = maxProbeHead, errHeadTooLong
 		res, err := http.ReadResponse(br, nil)
 		if err != nil {
-			w.send(readResult{err: err})
+			w.send(readResult{err: err, bad: carried || lim.n < maxProbeHead})
 			return
 		}
 		if res.StatusCode < 200 && res.StatusCode != http.StatusSwitchingProtocols {
 			continue // informational (103 Early Hints, 100): the answer follows
 		}
+		// raw bytes: chunk framing and trailers count too
+		lim.n, lim.err = maxProbeBody+maxProbeHead, io.ErrUnexpectedEOF
 		n, err := io.Copy(io.Discard, io.LimitReader(res.Body, maxProbeBody+1))
 		res.Body.Close()
 		closing := res.Close || err != nil || n > maxProbeBody
@@ -317,6 +340,23 @@ func (w *watch) read() {
 			return
 		}
 	}
+}
+
+// capReader reads at most n more bytes from r, then fails with err.
+type capReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.n <= 0 {
+		return 0, c.err
+	}
+	p = p[:min(int64(len(p)), c.n)]
+	n, err := c.r.Read(p)
+	c.n -= int64(n)
+	return n, err
 }
 
 func (w *watch) send(r readResult) bool {

@@ -448,41 +448,21 @@ func TestSnapshotCountsBeatsAndFlights(t *testing.T) {
 // a FIN, or with a reset when rst): the race of a backend closing an idle
 // connection just as a beat is written on it.
 func oneShotBackend(t *testing.T, rst bool) (string, *backend) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
 	bk := &backend{} // for its counting only
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); err != nil {
-					return
-				}
-				bk.hit()
-				if _, err := http.ReadRequest(br); err == nil && rst {
-					_ = c.(*net.TCPConn).SetLinger(0)
-				}
-			}()
+	addr := rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String(), bk
+		if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); err != nil {
+			return
+		}
+		bk.hit()
+		if _, err := http.ReadRequest(br); err == nil && rst {
+			_ = c.(*net.TCPConn).SetLinger(0)
+		}
+	})
+	return addr, bk
 }
 
 func TestHeldConnectionDroppedUnderABeat(t *testing.T) {
