@@ -48,6 +48,10 @@ type prober struct {
 	forced bool
 	// skipped counts beats in a row saved by live traffic
 	skipped int
+	// misses counts beats in a row neither passed nor refused
+	misses int
+	// refused is the wait after the last of refused beats in a row
+	refused time.Duration
 }
 
 func newProber(p *Pool, b *Backend) *prober {
@@ -81,9 +85,8 @@ func (pr *prober) run() {
 			return
 		}
 	}
-	misses := 0
 	for {
-		if misses == 0 && !pr.forced {
+		if pr.misses == 0 && !pr.forced {
 			if d := pr.coveredByTraffic(); d > 0 {
 				if !pr.sleep(d) {
 					return
@@ -97,25 +100,34 @@ func (pr *prober) run() {
 			return
 		}
 		pr.p.observe(pr.b, e, cause)
-		var wait time.Duration
-		switch {
-		case e == Pass:
-			misses = 0
-			wait = pr.jitter(pr.cfg.Interval)
-		case e == Gone:
-			misses = 0
-			// a refused connect costs next to nothing: look for the
-			// restarted process more often than for a live one
-			wait = pr.jitter(pr.cfg.Interval / 5)
-		default:
-			misses++
-			if misses > 1 {
-				wait = pr.jitter(pr.cfg.Interval)
-			} // after a first miss, beat again at once
-		}
-		if !pr.sleep(wait) {
+		if !pr.sleep(pr.after(e)) {
 			return
 		}
+	}
+}
+
+// after returns how long to wait for the next beat after one judged e.
+func (pr *prober) after(e Evidence) time.Duration {
+	if e != Gone {
+		pr.refused = 0
+	}
+	switch e {
+	case Pass:
+		pr.misses = 0
+		return pr.jitter(pr.cfg.Interval)
+	case Gone:
+		// a refused connect costs next to nothing: look for the restarted
+		// process sooner than for a live one, Interval/5 at first, doubling
+		// while it keeps refusing, and never later than an Interval
+		pr.misses = 0
+		pr.refused = min(max(2*pr.refused, pr.cfg.Interval/5), pr.cfg.Interval)
+		return min(pr.jitter(pr.refused), pr.cfg.Interval)
+	default:
+		pr.misses++
+		if pr.misses == 1 {
+			return 0 // after a first miss, beat again at once
+		}
+		return pr.jitter(pr.cfg.Interval)
 	}
 }
 

@@ -559,3 +559,59 @@ func TestLiveTrafficSavesBeats(t *testing.T) {
 	other.awaitHits(t, otherFrom+8)
 	assert.GreaterOrEqual(t, bk.hits.Load()-from, int64(6), "beats resumed")
 }
+
+// The wait after each beat, by its verdict: a refusing backend is looked
+// for at Interval/5, doubling up to Interval (never later, so a restarted
+// process is seen within one), and any other verdict resets that.
+func TestBeatSchedule(t *testing.T) {
+	const iv = 100 * time.Millisecond
+	p := NewPool([]string{"a:1"}, Config{Interval: iv}, nil)
+	pr := newProber(p, p.Backends()[0])
+	near := func(want time.Duration, e Evidence) {
+		t.Helper()
+		got := pr.after(e)
+		assert.InDelta(t, float64(want), float64(got), float64(want)/10, "after %s", e)
+		if e == Gone {
+			assert.LessOrEqual(t, got, iv, "after %s", e)
+		}
+	}
+	for range 3 {
+		for _, want := range []time.Duration{iv / 5, 2 * iv / 5, 4 * iv / 5, iv, iv, iv} {
+			near(want, Gone)
+		}
+		near(iv, Pass)
+	}
+	near(iv/5, Gone)
+	assert.Zero(t, pr.after(Miss), "a first miss: again at once")
+	near(iv, Miss)
+	near(iv/5, Gone)
+	near(2*iv/5, Gone)
+	assert.Zero(t, pr.after(WrongStatus))
+	near(iv/5, Gone)
+}
+
+// End to end: a backend that refuses is beaten less and less often, yet
+// seen within an interval once it listens again.
+func TestRefusingBackendBackoff(t *testing.T) {
+	f := newFakeProc(t)
+	f.up(http.StatusOK)
+	other := newBackend(t) // its beats are the clock
+	const interval = 50 * time.Millisecond
+	p, rec := startPool(t, []string{f.addr, other.addr()}, Config{Interval: interval, Timeout: time.Second})
+	rec.healthy(0)
+	rec.healthy(1)
+	b := p.Backends()[0]
+
+	f.down()
+	rec.ejected(0, Crash)
+	beats, from := b.beats.Load(), other.hits.Load()
+	other.awaitHits(t, from+20) // twenty intervals
+	n := b.beats.Load() - beats
+	t.Logf("%d beats of the refusing backend in 20 of the other's", n)
+	// at Interval/5 it would take ~100; backing off to Interval, ~22
+	assert.LessOrEqual(t, n, uint64(30), "backs off")
+	assert.GreaterOrEqual(t, n, uint64(10), "never waits more than an interval")
+
+	f.up(http.StatusOK)
+	assert.Equal(t, Ejected, rec.healthy(0).From)
+}
