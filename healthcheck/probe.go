@@ -52,6 +52,9 @@ type prober struct {
 	misses int
 	// refused is the wait after the last of refused beats in a row
 	refused time.Duration
+	// rnd is the prober's own source of jitter (the global one locks;
+	// tests seed this one)
+	rnd *rand.Rand
 }
 
 func newProber(p *Pool, b *Backend) *prober {
@@ -72,7 +75,8 @@ func newProber(p *Pool, b *Backend) *prober {
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t}
+	rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t, rnd: rnd}
 }
 
 func (pr *prober) run() {
@@ -81,7 +85,7 @@ func (pr *prober) run() {
 	// (100µs a backend, at most an interval) so that thousands of connects
 	// do not land together and time out each other.
 	if spread := min(time.Duration(len(pr.p.backends))*100*time.Microsecond, pr.cfg.Interval); spread > time.Millisecond {
-		if !pr.sleep(rand.N(spread)) {
+		if !pr.sleep(time.Duration(pr.rnd.Int64N(int64(spread)))) {
 			return
 		}
 	}
@@ -158,7 +162,7 @@ func (pr *prober) coveredByTraffic() time.Duration {
 
 // jitter spreads beats by ±10% so that many backends do not beat in lockstep.
 func (pr *prober) jitter(d time.Duration) time.Duration {
-	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
+	return d + time.Duration((pr.rnd.Float64()*0.2-0.1)*float64(d))
 }
 
 // onGrid moves the end of a wait of d to the nearest point of a grid that
