@@ -61,7 +61,7 @@ func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 	for i, a := range addrs {
 		p.backends = append(p.backends, &Backend{
 			Addr: a, Index: i, pool: p, since: now, lastGood: now,
-			kick: make(chan struct{}, 1),
+			kick: make(chan struct{}, 1), loop: CrashLoop{CrashLoopPolicy: restartLoop},
 		})
 	}
 	return p

@@ -234,7 +234,7 @@ func TestFailedRestartRequestIsRetried(t *testing.T) {
 	back := rec.waitFor(0, wait, "back to waiting", to(0, Ejected, Hang))
 	r2 := rec.waitFor(0, wait, "restarting again", to(0, Restarting, Hang))
 	assert.Contains(t, back.Cause, "supervisor unavailable")
-	assert.GreaterOrEqual(t, r2.At.Sub(r1.At), restartBackoff, "retried with backoff")
+	assert.GreaterOrEqual(t, r2.At.Sub(r1.At), restartRetry, "retried after a while")
 	rec.healthy(0)
 	assert.EqualValues(t, 2, sup.calls.Load())
 }
@@ -244,7 +244,8 @@ func TestCrashLoopBacksOff(t *testing.T) {
 	sup.noop.Store(true) // restarts that never bring the backend back
 	ca, _, rec := pairUnder(t, sup, RestartPolicy{Crashed: true, Lease: 50 * time.Millisecond}, Config{})
 	ca.end()
-	for range restartBurst + 1 {
+	burst := restartLoop.Burst
+	for range burst + 1 {
 		rec.waitFor(0, 5*time.Second, "restarting", to(0, Restarting, anyReason))
 	}
 	rec.flush()
@@ -254,11 +255,11 @@ func TestCrashLoopBacksOff(t *testing.T) {
 			times = append(times, tr.At)
 		}
 	}
-	require.GreaterOrEqual(t, len(times), restartBurst+1)
+	require.GreaterOrEqual(t, len(times), burst+1)
 	// the first burst goes at the pace of the lease; then backoff starts
-	assert.Less(t, times[restartBurst-1].Sub(times[0]), restartWindow)
-	assert.GreaterOrEqual(t, times[restartBurst].Sub(times[restartBurst-1]), restartBackoff,
-		"after %d restarts in %v the next waits", restartBurst, restartWindow)
+	assert.Less(t, times[burst-1].Sub(times[0]), restartLoop.Stable)
+	assert.GreaterOrEqual(t, times[burst].Sub(times[burst-1]), restartLoop.Base,
+		"after %d restarts in %v the next waits", burst, restartLoop.Stable)
 }
 
 func TestGuardedHungLastBackendIsRestarted(t *testing.T) {
