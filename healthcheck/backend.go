@@ -39,11 +39,11 @@ type Backend struct {
 	lastGood time.Time
 
 	// restarts, guarded by pool.mu (see restart.go)
-	lease       uint64      // counts restart requests; identifies the current one
-	leaseUntil  time.Time   // the current restart must be done by then
-	restartAt   time.Time   // no restart before then (crash-loop backoff)
-	restartedAt time.Time   // when the current restart was requested
-	recent      []time.Time // restart requests within restartWindow
+	lease       uint64    // counts restart requests; identifies the current one
+	leaseUntil  time.Time // the current restart must be done by then
+	restartAt   time.Time // no restart before then (crash-loop backoff)
+	restartedAt time.Time // when the current restart was requested
+	loop        CrashLoop // restarts in a row that did not last
 
 	// probation holds when b entered probation (UnixNano), 0 outside it,
 	// for the selector to ramp b's share without locking.

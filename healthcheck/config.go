@@ -69,29 +69,47 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// Validate reports settings that cannot work.
+// Bounds of a Config, checked by Validate (a zero field takes its default):
+// beats more often than every 10ms cost more than they tell, and a backend
+// that needs more than 100 beats to be judged is not being judged.
+const (
+	MinInterval  = 10 * time.Millisecond
+	MinTimeout   = 10 * time.Millisecond
+	MaxFails     = 100
+	MaxPasses    = 100
+	MaxSlowStart = time.Hour
+)
+
+// Validate reports settings that cannot work, naming the value and what is
+// allowed.
 func (c Config) Validate() error {
 	switch {
-	case c.Interval < 0:
-		return fmt.Errorf("interval %v is negative", c.Interval)
-	case c.Timeout < 0:
-		return fmt.Errorf("timeout %v is negative", c.Timeout)
-	case c.Fails < 0:
-		return fmt.Errorf("fails %d is negative", c.Fails)
-	case c.SlowStart < 0:
-		return fmt.Errorf("slow start %v is negative", c.SlowStart)
-	case c.Passes < 0:
-		return fmt.Errorf("passes %d is negative", c.Passes)
+	case c.Interval != 0 && c.Interval < MinInterval:
+		return fmt.Errorf("interval %v: must be at least %v", c.Interval, MinInterval)
+	case c.Timeout != 0 && c.Timeout < MinTimeout:
+		return fmt.Errorf("timeout %v: must be at least %v", c.Timeout, MinTimeout)
+	case c.Fails < 0 || c.Fails > MaxFails:
+		return fmt.Errorf("fails %d: must be from 1 to %d", c.Fails, MaxFails)
+	case c.Passes < 0 || c.Passes > MaxPasses:
+		return fmt.Errorf("passes %d: must be from 1 to %d", c.Passes, MaxPasses)
+	case c.SlowStart < 0 || c.SlowStart > MaxSlowStart:
+		return fmt.Errorf("slow start %v: must be from 0 to %v", c.SlowStart, MaxSlowStart)
 	case c.StatusMin > c.StatusMax, c.StatusMin < 0, c.StatusMax > 599:
-		return fmt.Errorf("status range %d-%d is not a valid HTTP status range", c.StatusMin, c.StatusMax)
+		return fmt.Errorf("status range %d-%d: must be a range of HTTP statuses, within 100-599", c.StatusMin, c.StatusMax)
 	case c.Path != "" && c.Path[0] != '/':
-		return fmt.Errorf("path %q must start with /", c.Path)
-	case strings.ContainsAny(c.Path, " \t\r\n"):
-		return fmt.Errorf("path %q must not contain white space", c.Path)
-	case strings.ContainsAny(c.Host, " \t\r\n/"):
-		return fmt.Errorf("host %q is not a host name", c.Host)
+		return fmt.Errorf("path %q: must start with /", c.Path)
+	case hasControl(c.Path) || strings.Contains(c.Path, " "):
+		return fmt.Errorf("path %q: must not contain spaces or control characters", c.Path)
+	case hasControl(c.Host) || strings.ContainsAny(c.Host, " /"):
+		return fmt.Errorf("host %q: must be a host name (no spaces, slashes or control characters)", c.Host)
 	}
 	return nil
+}
+
+// hasControl reports whether s has an ASCII control character (below 0x20,
+// or DEL): in a request line or header it would end or corrupt it.
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 func (c Config) statusOK(code int) bool { return code >= c.StatusMin && code <= c.StatusMax }

@@ -37,25 +37,46 @@ func TestValidate(t *testing.T) {
 	for _, c := range []Config{
 		{},
 		{Path: "/health", Interval: time.Second, Timeout: time.Second, Fails: 1, Passes: 1},
+		{Interval: MinInterval, Timeout: MinTimeout, Fails: MaxFails, Passes: MaxPasses, SlowStart: MaxSlowStart},
 		{StatusMin: 200, StatusMax: 599},
 		{StatusMin: 0, StatusMax: 300},
 		{StatusMin: 418, StatusMax: 418},
+		{Path: "/héalth?x=1&y=%20", Host: "svc.internal:8080"},
 	} {
 		assert.NoError(t, c.Validate(), "%+v", c)
 		assert.NoError(t, c.WithDefaults().Validate(), "defaults of %+v", c)
 	}
-	for name, c := range map[string]Config{
-		"negative interval": {Interval: -1},
-		"negative timeout":  {Timeout: -time.Second},
-		"negative fails":    {Fails: -1},
-		"negative passes":   {Passes: -2},
-		"inverted range":    {StatusMin: 300, StatusMax: 200},
-		"min only":          {StatusMin: 200},
-		"negative min":      {StatusMin: -1, StatusMax: 200},
-		"max above 599":     {StatusMin: 200, StatusMax: 600},
-		"relative path":     {Path: "health"},
+	for _, c := range []struct {
+		cfg Config
+		err string
+	}{
+		{Config{Interval: time.Nanosecond}, "interval 1ns: must be at least 10ms"},
+		{Config{Interval: 9 * time.Millisecond}, "interval 9ms: must be at least 10ms"},
+		{Config{Interval: -1}, "interval -1ns: must be at least 10ms"},
+		{Config{Timeout: -time.Second}, "timeout -1s: must be at least 10ms"},
+		{Config{Timeout: time.Millisecond}, "timeout 1ms: must be at least 10ms"},
+		{Config{Fails: -1}, "fails -1: must be from 1 to 100"},
+		{Config{Fails: 101}, "fails 101: must be from 1 to 100"},
+		{Config{Passes: -2}, "passes -2: must be from 1 to 100"},
+		{Config{Passes: 1000}, "passes 1000: must be from 1 to 100"},
+		{Config{SlowStart: -time.Second}, "slow start -1s: must be from 0 to 1h0m0s"},
+		{Config{SlowStart: time.Hour + time.Second}, "slow start 1h0m1s: must be from 0 to 1h0m0s"},
+		{Config{StatusMin: 300, StatusMax: 200}, "status range 300-200: must be a range of HTTP statuses, within 100-599"},
+		{Config{StatusMin: 200}, "status range 200-0: must be a range of HTTP statuses, within 100-599"},
+		{Config{StatusMin: -1, StatusMax: 200}, "status range -1-200: must be a range of HTTP statuses, within 100-599"},
+		{Config{StatusMin: 200, StatusMax: 600}, "status range 200-600: must be a range of HTTP statuses, within 100-599"},
+		{Config{Path: "health"}, `path "health": must start with /`},
+		{Config{Path: "/a b"}, `path "/a b": must not contain spaces or control characters`},
+		{Config{Path: "/a\r\nX: y"}, `path "/a\r\nX: y": must not contain spaces or control characters`},
+		{Config{Path: "/a\x00"}, `path "/a\x00": must not contain spaces or control characters`},
+		{Config{Path: "/a\x1f"}, `path "/a\x1f": must not contain spaces or control characters`},
+		{Config{Path: "/a\x7f"}, `path "/a\x7f": must not contain spaces or control characters`},
+		{Config{Path: "/a\t"}, `path "/a\t": must not contain spaces or control characters`},
+		{Config{Host: "a b"}, `host "a b": must be a host name (no spaces, slashes or control characters)`},
+		{Config{Host: "a/b"}, `host "a/b": must be a host name (no spaces, slashes or control characters)`},
+		{Config{Host: "a\x00"}, `host "a\x00": must be a host name (no spaces, slashes or control characters)`},
 	} {
-		assert.Error(t, c.Validate(), name)
+		assert.EqualError(t, c.cfg.Validate(), c.err, "%+v", c.cfg)
 	}
 }
 

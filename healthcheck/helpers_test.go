@@ -1,8 +1,10 @@
 package healthcheck
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -266,6 +268,37 @@ func (b *backend) awaitHits(tb testing.TB, n int64) {
 	}
 }
 
+// rawServer listens on loopback and runs handle on each connection it
+// accepts, closing it after; all ends when the test does. It returns the
+// address.
+func rawServer(tb testing.TB, handle func(net.Conn)) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	var wg sync.WaitGroup
+	tb.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 // refusedAddr is an address where nothing listens.
 func refusedAddr(tb testing.TB) string {
 	tb.Helper()
@@ -298,3 +331,86 @@ func within(tb testing.TB, d time.Duration, ch <-chan struct{}, what string) {
 
 // timeout is the failure guard of a select.
 func timeout() <-chan time.Time { return time.After(wait) }
+
+// freeAddr returns a loopback address free now, below the kernel's range of
+// ports for outgoing connections, so that a restarted child can bind it
+// again without racing some connection's source port.
+func freeAddr(tb testing.TB) string {
+	for range 1000 {
+		port := 20000 + rand.IntN(12000) // 20000-31999, under 32768
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			addr := ln.Addr().String()
+			ln.Close()
+			return addr
+		}
+	}
+	tb.Fatal("no free port")
+	return ""
+}
+
+// fakeProc is a backend on a fixed address that the test switches between
+// down (connections refused), hung (accepts, never answers) and answering
+// a status: a process as a supervisor sees it, without a process.
+type fakeProc struct {
+	tb     testing.TB
+	addr   string
+	status atomic.Int32 // 0: hung
+	hits   atomic.Int64 // answers given
+	mu     sync.Mutex
+	srv    *http.Server
+	wg     sync.WaitGroup
+}
+
+func newFakeProc(tb testing.TB) *fakeProc {
+	f := &fakeProc{tb: tb, addr: freeAddr(tb)}
+	tb.Cleanup(func() {
+		f.down()
+		f.wg.Wait()
+	})
+	return f
+}
+
+// up makes f answer status (0: hang), listening again if it was down.
+func (f *fakeProc) up(status int) {
+	f.status.Store(int32(status))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.srv != nil {
+		return
+	}
+	ln, err := net.Listen("tcp", f.addr)
+	require.NoError(f.tb, err)
+	f.srv = &http.Server{ReadHeaderTimeout: wait, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st := int(f.status.Load())
+		if st == 0 {
+			<-r.Context().Done() // the prober gave up, or f went down
+			return
+		}
+		w.WriteHeader(st)
+		f.hits.Add(1)
+	})}
+	srv := f.srv
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		_ = srv.Serve(ln)
+	}()
+}
+
+// down closes f's listener and connections: a crash.
+func (f *fakeProc) down() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.srv != nil {
+		_ = f.srv.Close()
+		f.srv = nil
+	}
+}
+
+// restarterFunc is a Restarter.
+type restarterFunc func(ctx context.Context, b *Backend, reason Reason, lastGood time.Time) error
+
+func (f restarterFunc) Restart(ctx context.Context, b *Backend, reason Reason, lastGood time.Time) error {
+	return f(ctx, b, reason, lastGood)
+}

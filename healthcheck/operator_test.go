@@ -58,8 +58,12 @@ func TestDrainAndMaint(t *testing.T) {
 			p.mu.Unlock()
 
 			hold(bs[0]) // again: nothing
+			for len(bs[1].kick) > 0 {
+				<-bs[1].kick
+			}
 			p.Return(bs[1])
 			requireState(t, bs[1], Healthy, ReasonNone) // not held: nothing
+			assert.Empty(t, bs[1].kick, "no beat either")
 
 			for len(bs[0].kick) > 0 {
 				<-bs[0].kick

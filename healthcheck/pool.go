@@ -64,7 +64,7 @@ func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 	for i, a := range addrs {
 		p.backends = append(p.backends, &Backend{
 			Addr: a, Index: i, pool: p, since: now, lastGood: now,
-			kick: make(chan struct{}, 1),
+			kick: make(chan struct{}, 1), loop: CrashLoop{CrashLoopPolicy: restartLoop},
 		})
 	}
 	return p
@@ -178,18 +178,19 @@ func (p *Pool) Maint(b *Backend) { p.operate(b, inMaint) }
 // lifecycle: unknown, beaten at once, in service after its first good
 // beat. It does nothing to a backend in another state.
 func (p *Pool) Return(b *Backend) {
-	if p.operate(b, inReturn) == Unknown {
+	if p.operate(b, inReturn) {
 		b.Probe()
 	}
 }
 
-// operate applies an operator's action and returns b's new state.
-func (p *Pool) operate(b *Backend, in input) State {
+// operate applies an operator's action and reports whether b moved.
+func (p *Pool) operate(b *Backend, in input) bool {
 	p.mu.Lock()
+	from := b.state
 	p.apply(b, in, nil)
-	s := b.state
+	moved := b.state != from
 	p.unlock()
-	return s
+	return moved
 }
 
 // WaitIdle returns once no request is in flight on b (see Acquire), or

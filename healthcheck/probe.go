@@ -14,9 +14,21 @@ import (
 	"time"
 )
 
-// maxProbeBody bounds how much of a heartbeat answer is read; a longer one
-// is judged by its status and its connection dropped.
-const maxProbeBody = 64 << 10
+// Heartbeat answers are read within bounds, so that a hostile or broken
+// backend cannot make the prober read (or hold) without end: http.ReadResponse
+// alone holds a status line or headers of any length in memory.
+const (
+	// maxProbeHead bounds the status line and headers of an answer (nginx's
+	// proxy_buffer_size, the most common page size): past it the beat is a
+	// miss and the connection dropped.
+	maxProbeHead = 8 << 10
+	// maxProbeBody bounds the body read (trailers included); a longer one
+	// is judged by its status (a big page at the default path "/" is alive)
+	// and its connection dropped.
+	maxProbeBody = 64 << 10
+)
+
+var errHeadTooLong = fmt.Errorf("status line and headers over %d bytes", maxProbeHead)
 
 // prober sends one backend its heartbeats, one at a time, over one held
 // keep-alive connection. Between beats a reader blocks on that connection,
@@ -36,6 +48,13 @@ type prober struct {
 	forced bool
 	// skipped counts beats in a row saved by live traffic
 	skipped int
+	// misses counts beats in a row neither passed nor refused
+	misses int
+	// refused is the wait after the last of refused beats in a row
+	refused time.Duration
+	// rnd is the prober's own source of jitter (the global one locks;
+	// tests seed this one)
+	rnd *rand.Rand
 }
 
 func newProber(p *Pool, b *Backend) *prober {
@@ -56,7 +75,8 @@ func newProber(p *Pool, b *Backend) *prober {
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t}
+	rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t, rnd: rnd}
 }
 
 func (pr *prober) run() {
@@ -65,13 +85,12 @@ func (pr *prober) run() {
 	// (100µs a backend, at most an interval) so that thousands of connects
 	// do not land together and time out each other.
 	if spread := min(time.Duration(len(pr.p.backends))*100*time.Microsecond, pr.cfg.Interval); spread > time.Millisecond {
-		if !pr.sleep(rand.N(spread)) {
+		if !pr.sleep(time.Duration(pr.rnd.Int64N(int64(spread)))) {
 			return
 		}
 	}
-	misses := 0
 	for {
-		if misses == 0 && !pr.forced {
+		if pr.misses == 0 && !pr.forced {
 			if d := pr.coveredByTraffic(); d > 0 {
 				if !pr.sleep(d) {
 					return
@@ -85,25 +104,34 @@ func (pr *prober) run() {
 			return
 		}
 		pr.p.observe(pr.b, e, cause)
-		var wait time.Duration
-		switch {
-		case e == Pass:
-			misses = 0
-			wait = pr.jitter(pr.cfg.Interval)
-		case e == Gone:
-			misses = 0
-			// a refused connect costs next to nothing: look for the
-			// restarted process more often than for a live one
-			wait = pr.jitter(pr.cfg.Interval / 5)
-		default:
-			misses++
-			if misses > 1 {
-				wait = pr.jitter(pr.cfg.Interval)
-			} // after a first miss, beat again at once
-		}
-		if !pr.sleep(wait) {
+		if !pr.sleep(pr.after(e)) {
 			return
 		}
+	}
+}
+
+// after returns how long to wait for the next beat after one judged e.
+func (pr *prober) after(e Evidence) time.Duration {
+	if e != Gone {
+		pr.refused = 0
+	}
+	switch e {
+	case Pass:
+		pr.misses = 0
+		return pr.jitter(pr.cfg.Interval)
+	case Gone:
+		// a refused connect costs next to nothing: look for the restarted
+		// process sooner than for a live one, Interval/5 at first, doubling
+		// while it keeps refusing, and never later than an Interval
+		pr.misses = 0
+		pr.refused = min(max(2*pr.refused, pr.cfg.Interval/5), pr.cfg.Interval)
+		return min(pr.jitter(pr.refused), pr.cfg.Interval)
+	default:
+		pr.misses++
+		if pr.misses == 1 {
+			return 0 // after a first miss, beat again at once
+		}
+		return pr.jitter(pr.cfg.Interval)
 	}
 }
 
@@ -134,7 +162,7 @@ func (pr *prober) coveredByTraffic() time.Duration {
 
 // jitter spreads beats by ±10% so that many backends do not beat in lockstep.
 func (pr *prober) jitter(d time.Duration) time.Duration {
-	return d + time.Duration((rand.Float64()*0.2-0.1)*float64(d))
+	return d + time.Duration((pr.rnd.Float64()*0.2-0.1)*float64(d))
 }
 
 // onGrid moves the end of a wait of d to the nearest point of a grid that
@@ -231,6 +259,9 @@ func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale boo
 	case r := <-w.results:
 		if r.err != nil {
 			pr.drop()
+			if r.bad {
+				return Miss, fmt.Errorf("bad heartbeat answer: %w", r.err), false
+			}
 			return connEvidence(r.err), r.err, true
 		}
 		if r.close {
@@ -291,6 +322,9 @@ type readResult struct {
 	status int
 	close  bool
 	err    error
+	// bad: err came after part of an answer (malformed, too long), not
+	// from a connection that failed before any
+	bad bool
 }
 
 func startWatch(conn net.Conn) *watch {
@@ -300,16 +334,21 @@ func startWatch(conn net.Conn) *watch {
 }
 
 func (w *watch) read() {
-	br := bufio.NewReaderSize(w.conn, 4096)
+	lim := &capReader{r: w.conn}
+	br := bufio.NewReaderSize(lim, 4096)
 	for {
+		carried := br.Buffered() > 0
+		lim.n, lim.err = maxProbeHead, errHeadTooLong
 		res, err := http.ReadResponse(br, nil)
 		if err != nil {
-			w.send(readResult{err: err})
+			w.send(readResult{err: err, bad: carried || lim.n < maxProbeHead})
 			return
 		}
 		if res.StatusCode < 200 && res.StatusCode != http.StatusSwitchingProtocols {
 			continue // informational (103 Early Hints, 100): the answer follows
 		}
+		// raw bytes: chunk framing and trailers count too
+		lim.n, lim.err = maxProbeBody+maxProbeHead, io.ErrUnexpectedEOF
 		n, err := io.Copy(io.Discard, io.LimitReader(res.Body, maxProbeBody+1))
 		res.Body.Close()
 		closing := res.Close || err != nil || n > maxProbeBody
@@ -317,6 +356,23 @@ func (w *watch) read() {
 			return
 		}
 	}
+}
+
+// capReader reads at most n more bytes from r, then fails with err.
+type capReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.n <= 0 {
+		return 0, c.err
+	}
+	p = p[:min(int64(len(p)), c.n)]
+	n, err := c.r.Read(p)
+	c.n -= int64(n)
+	return n, err
 }
 
 func (w *watch) send(r readResult) bool {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -309,21 +310,34 @@ func TestReadyWakesWaiter(t *testing.T) {
 	assert.Equal(t, 1, p.InService())
 }
 
-// The prober's jitter spreads beats by ±10% around the interval.
-func TestJitterFunction(t *testing.T) {
-	pr := &prober{}
-	const d = time.Second
-	lo, hi := d, time.Duration(0)
-	for i := 0; i < 2000; i++ {
-		j := pr.jitter(d)
-		require.GreaterOrEqual(t, j, d*9/10)
-		require.LessOrEqual(t, j, d*11/10)
-		lo, hi = min(lo, j), max(hi, j)
+// Beats are not in lockstep: the wait after a good beat is the interval
+// spread evenly over ±10%, drawn from each prober's own source, so two
+// probers never keep step. Seeded: the draws are the same on every run.
+func TestBeatsNotInLockstep(t *testing.T) {
+	const iv = time.Second
+	p := NewPool([]string{"a:1", "b:1"}, Config{Interval: iv}, nil)
+	a, b := newProber(p, p.Backends()[0]), newProber(p, p.Backends()[1])
+	a.rnd, b.rnd = rand.New(rand.NewPCG(1, 2)), rand.New(rand.NewPCG(3, 4))
+	const n = 10000
+	var tenths [10]int // how many waits fall in each tenth of ±10%
+	same := 0
+	for range n {
+		wa, wb := a.after(Pass), b.after(Pass)
+		require.GreaterOrEqual(t, wa, iv*9/10)
+		require.Less(t, wa, iv*11/10)
+		tenths[(wa-iv*9/10)*10/(iv/5)]++
+		if wa == wb {
+			same++
+		}
 	}
-	assert.Greater(t, hi-lo, d/10, "jitter spread")
+	for i, k := range tenths {
+		assert.InDelta(t, n/10, k, n/50, "waits in tenth %d of the jitter range: %v", i, tenths)
+	}
+	assert.Zero(t, same, "two probers drew the same wait")
 }
 
-func TestJitterOnTheWire(t *testing.T) {
+// On the wire, beats come at the interval on average.
+func TestBeatIntervalOnTheWire(t *testing.T) {
 	const n = 16
 	var (
 		mu    sync.Mutex
@@ -351,7 +365,6 @@ func TestJitterOnTheWire(t *testing.T) {
 	}
 	mean := sum / (n - 1)
 	t.Logf("inter-beat: min %v max %v mean %v", lo, hi, mean)
-	assert.Less(t, lo, hi, "beats are not in lockstep")
 	assert.InDelta(t, float64(interval), float64(mean), 0.3*float64(interval), "mean interval %v", mean)
 }
 
@@ -448,41 +461,21 @@ func TestSnapshotCountsBeatsAndFlights(t *testing.T) {
 // a FIN, or with a reset when rst): the race of a backend closing an idle
 // connection just as a beat is written on it.
 func oneShotBackend(t *testing.T, rst bool) (string, *backend) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
 	bk := &backend{} // for its counting only
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); err != nil {
-					return
-				}
-				bk.hit()
-				if _, err := http.ReadRequest(br); err == nil && rst {
-					_ = c.(*net.TCPConn).SetLinger(0)
-				}
-			}()
+	addr := rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String(), bk
+		if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); err != nil {
+			return
+		}
+		bk.hit()
+		if _, err := http.ReadRequest(br); err == nil && rst {
+			_ = c.(*net.TCPConn).SetLinger(0)
+		}
+	})
+	return addr, bk
 }
 
 func TestHeldConnectionDroppedUnderABeat(t *testing.T) {
@@ -578,4 +571,60 @@ func TestLiveTrafficSavesBeats(t *testing.T) {
 	from, otherFrom = bk.hits.Load(), other.hits.Load()
 	other.awaitHits(t, otherFrom+8)
 	assert.GreaterOrEqual(t, bk.hits.Load()-from, int64(6), "beats resumed")
+}
+
+// The wait after each beat, by its verdict: a refusing backend is looked
+// for at Interval/5, doubling up to Interval (never later, so a restarted
+// process is seen within one), and any other verdict resets that.
+func TestBeatSchedule(t *testing.T) {
+	const iv = 100 * time.Millisecond
+	p := NewPool([]string{"a:1"}, Config{Interval: iv}, nil)
+	pr := newProber(p, p.Backends()[0])
+	near := func(want time.Duration, e Evidence) {
+		t.Helper()
+		got := pr.after(e)
+		assert.InDelta(t, float64(want), float64(got), float64(want)/10, "after %s", e)
+		if e == Gone {
+			assert.LessOrEqual(t, got, iv, "after %s", e)
+		}
+	}
+	for range 3 {
+		for _, want := range []time.Duration{iv / 5, 2 * iv / 5, 4 * iv / 5, iv, iv, iv} {
+			near(want, Gone)
+		}
+		near(iv, Pass)
+	}
+	near(iv/5, Gone)
+	assert.Zero(t, pr.after(Miss), "a first miss: again at once")
+	near(iv, Miss)
+	near(iv/5, Gone)
+	near(2*iv/5, Gone)
+	assert.Zero(t, pr.after(WrongStatus))
+	near(iv/5, Gone)
+}
+
+// End to end: a backend that refuses is beaten less and less often, yet
+// seen within an interval once it listens again.
+func TestRefusingBackendBackoff(t *testing.T) {
+	f := newFakeProc(t)
+	f.up(http.StatusOK)
+	other := newBackend(t) // its beats are the clock
+	const interval = 50 * time.Millisecond
+	p, rec := startPool(t, []string{f.addr, other.addr()}, Config{Interval: interval, Timeout: time.Second})
+	rec.healthy(0)
+	rec.healthy(1)
+	b := p.Backends()[0]
+
+	f.down()
+	rec.ejected(0, Crash)
+	beats, from := b.beats.Load(), other.hits.Load()
+	other.awaitHits(t, from+20) // twenty intervals
+	n := b.beats.Load() - beats
+	t.Logf("%d beats of the refusing backend in 20 of the other's", n)
+	// at Interval/5 it would take ~100; backing off to Interval, ~22
+	assert.LessOrEqual(t, n, uint64(30), "backs off")
+	assert.GreaterOrEqual(t, n, uint64(10), "never waits more than an interval")
+
+	f.up(http.StatusOK)
+	assert.Equal(t, Ejected, rec.healthy(0).From)
 }

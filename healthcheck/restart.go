@@ -18,14 +18,15 @@ type Restarter interface {
 const (
 	DefaultRestartAfter = time.Second
 	DefaultRestartLease = 30 * time.Second
-	// A backend restarted restartBurst times within restartWindow is in a
-	// crash loop (systemd's StartLimitBurst=5 in StartLimitIntervalSec=10s):
-	// its next restarts back off, doubling from a second up to a minute.
-	restartBurst      = 5
-	restartWindow     = 10 * time.Second
-	restartBackoff    = time.Second
-	restartBackoffCap = time.Minute
+	// restartRetry: a failed restart request is retried after this.
+	restartRetry = time.Second
 )
+
+// restartLoop: a backend restarted 5 times in a row, each time without
+// answering for 10s after the restart before it needed the next (systemd's
+// StartLimitBurst=5 in StartLimitIntervalSec=10s), is in a crash loop: its
+// next restarts wait a second, doubling up to a minute.
+var restartLoop = CrashLoopPolicy{Burst: 5, Stable: 10 * time.Second, Base: time.Second, Cap: time.Minute}
 
 // RestartPolicy says when the engine asks for a restart. Restarts are
 // leased: one in flight per backend, each lasting Lease or until the backend
@@ -98,6 +99,12 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 		lease    uint64
 	}
 	var requests []request
+	type loop struct {
+		b    *Backend
+		runs int
+		wait time.Duration
+	}
+	var loops []loop // backends in a crash loop, to be logged
 	next := time.Hour
 	due := func(at time.Time) {
 		if d := at.Sub(now); d < next {
@@ -125,8 +132,6 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 			if !now.Before(b.leaseUntil) {
 				p.apply(b, inLeaseExpired, fmt.Errorf("not back %v after the restart request", pol.Lease))
 				restarting--
-				b.restartAt = now.Add(b.backoff(now))
-				due(b.restartAt)
 			} else {
 				due(b.leaseUntil)
 			}
@@ -143,16 +148,25 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 				continue // woken again when a restart ends
 			}
 			restarting++
+			// the run since the last restart: until its last answer
+			if wait := b.loop.Ended(b.restartedAt, b.lastAnswer()); wait > 0 {
+				b.restartAt = now.Add(wait)
+				runs, _ := b.loop.Runs()
+				loops = append(loops, loop{b, runs, wait})
+			}
 			b.lease++
 			b.leaseUntil = now.Add(pol.Lease)
 			b.restartedAt = now
-			b.recent = append(b.recent, now)
 			p.apply(b, inRestart, nil)
 			due(b.leaseUntil)
 			requests = append(requests, request{b, b.reason, b.lastAnswer(), b.lease})
 		}
 	}
 	p.unlock()
+	for _, l := range loops {
+		p.logger().Warn("crash loop: backing off restarts", zap.String("backend", l.b.Addr),
+			zap.Int("restarts_in_a_row", l.runs), zap.Duration("next_after", l.wait))
+	}
 	for _, r := range requests {
 		p.wg.Add(1)
 		go func() {
@@ -199,32 +213,14 @@ func (p *Pool) restartFailed(b *Backend, lease uint64, err error) {
 	now := time.Now()
 	p.mu.Lock()
 	if b.state == Restarting && b.lease == lease {
-		b.restartAt = now.Add(max(b.backoff(now), restartBackoff))
+		if at := now.Add(restartRetry); at.After(b.restartAt) {
+			b.restartAt = at
+		}
 		p.apply(b, inRestartFailed, fmt.Errorf("restart request failed: %w", err))
 	}
 	p.unlock()
 	p.logger().Error("restart request failed; will retry", zap.String("backend", b.Addr), zap.Error(err))
 	p.wakeRestarts()
-}
-
-// backoff is the wait before b's next restart: none, unless b is in a crash
-// loop. Callers hold p.mu.
-func (b *Backend) backoff(now time.Time) time.Duration {
-	recent := b.recent[:0]
-	for _, t := range b.recent {
-		if now.Sub(t) < restartWindow {
-			recent = append(recent, t)
-		}
-	}
-	b.recent = recent
-	if len(recent) < restartBurst {
-		return 0
-	}
-	d := min(restartBackoff<<(len(recent)-restartBurst), restartBackoffCap)
-	b.pool.logger().Warn("crash loop: backing off restarts",
-		zap.String("backend", b.Addr), zap.Int("restarts", len(recent)),
-		zap.Duration("within", restartWindow), zap.Duration("next_in", d))
-	return d
 }
 
 // RetryAfter is when a client told "no backend" should come back: the time

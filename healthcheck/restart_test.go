@@ -5,8 +5,6 @@ package healthcheck
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -107,23 +105,6 @@ func (s *procSupervisor) Restart(_ context.Context, b *Backend, _ Reason, _ time
 		}
 	}()
 	return nil
-}
-
-// freeAddr returns a loopback address free now, below the kernel's range of
-// ports for outgoing connections, so that a restarted child can bind it
-// again without racing some connection's source port.
-func freeAddr(tb testing.TB) string {
-	for range 1000 {
-		port := 20000 + rand.IntN(12000) // 20000-31999, under 32768
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			addr := ln.Addr().String()
-			ln.Close()
-			return addr
-		}
-	}
-	tb.Fatal("no free port")
-	return ""
 }
 
 func restartConfig() Config {
@@ -253,7 +234,7 @@ func TestFailedRestartRequestIsRetried(t *testing.T) {
 	back := rec.waitFor(0, wait, "back to waiting", to(0, Ejected, Hang))
 	r2 := rec.waitFor(0, wait, "restarting again", to(0, Restarting, Hang))
 	assert.Contains(t, back.Cause, "supervisor unavailable")
-	assert.GreaterOrEqual(t, r2.At.Sub(r1.At), restartBackoff, "retried with backoff")
+	assert.GreaterOrEqual(t, r2.At.Sub(r1.At), restartRetry, "retried after a while")
 	rec.healthy(0)
 	assert.EqualValues(t, 2, sup.calls.Load())
 }
@@ -263,7 +244,8 @@ func TestCrashLoopBacksOff(t *testing.T) {
 	sup.noop.Store(true) // restarts that never bring the backend back
 	ca, _, rec := pairUnder(t, sup, RestartPolicy{Crashed: true, Lease: 50 * time.Millisecond}, Config{})
 	ca.end()
-	for range restartBurst + 1 {
+	burst := restartLoop.Burst
+	for range burst + 1 {
 		rec.waitFor(0, 5*time.Second, "restarting", to(0, Restarting, anyReason))
 	}
 	rec.flush()
@@ -273,11 +255,11 @@ func TestCrashLoopBacksOff(t *testing.T) {
 			times = append(times, tr.At)
 		}
 	}
-	require.GreaterOrEqual(t, len(times), restartBurst+1)
+	require.GreaterOrEqual(t, len(times), burst+1)
 	// the first burst goes at the pace of the lease; then backoff starts
-	assert.Less(t, times[restartBurst-1].Sub(times[0]), restartWindow)
-	assert.GreaterOrEqual(t, times[restartBurst].Sub(times[restartBurst-1]), restartBackoff,
-		"after %d restarts in %v the next waits", restartBurst, restartWindow)
+	assert.Less(t, times[burst-1].Sub(times[0]), restartLoop.Stable)
+	assert.GreaterOrEqual(t, times[burst].Sub(times[burst-1]), restartLoop.Base,
+		"after %d restarts in %v the next waits", burst, restartLoop.Stable)
 }
 
 func TestGuardedHungLastBackendIsRestarted(t *testing.T) {
@@ -319,72 +301,6 @@ func TestSlowStartProbation(t *testing.T) {
 	end := rec.waitFor(0, wait, "healthy", to(0, Healthy, ReasonNone))
 	assert.GreaterOrEqual(t, end.At.Sub(pr.At), cfg.SlowStart)
 	assert.InDelta(t, 1.0, bk.Share(time.Now()), 0)
-}
-
-// fakeProc is a backend on a fixed address that the test switches between
-// down (connections refused), hung (accepts, never answers) and answering
-// a status: a process as a supervisor sees it, without a process.
-type fakeProc struct {
-	tb     testing.TB
-	addr   string
-	status atomic.Int32 // 0: hung
-	hits   atomic.Int64 // answers given
-	mu     sync.Mutex
-	srv    *http.Server
-	wg     sync.WaitGroup
-}
-
-func newFakeProc(tb testing.TB) *fakeProc {
-	f := &fakeProc{tb: tb, addr: freeAddr(tb)}
-	tb.Cleanup(func() {
-		f.down()
-		f.wg.Wait()
-	})
-	return f
-}
-
-// up makes f answer status (0: hang), listening again if it was down.
-func (f *fakeProc) up(status int) {
-	f.status.Store(int32(status))
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.srv != nil {
-		return
-	}
-	ln, err := net.Listen("tcp", f.addr)
-	require.NoError(f.tb, err)
-	f.srv = &http.Server{ReadHeaderTimeout: wait, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		st := int(f.status.Load())
-		if st == 0 {
-			<-r.Context().Done() // the prober gave up, or f went down
-			return
-		}
-		w.WriteHeader(st)
-		f.hits.Add(1)
-	})}
-	srv := f.srv
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		_ = srv.Serve(ln)
-	}()
-}
-
-// down closes f's listener and connections: a crash.
-func (f *fakeProc) down() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.srv != nil {
-		_ = f.srv.Close()
-		f.srv = nil
-	}
-}
-
-// restarterFunc is a Restarter.
-type restarterFunc func(ctx context.Context, b *Backend, reason Reason, lastGood time.Time) error
-
-func (f restarterFunc) Restart(ctx context.Context, b *Backend, reason Reason, lastGood time.Time) error {
-	return f(ctx, b, reason, lastGood)
 }
 
 // fakePair starts f answering 200 and another backend, a pool over them

@@ -103,7 +103,7 @@ func byName(names []string, name string) (int, error) {
 	return 0, fmt.Errorf("unknown name %q", name)
 }
 
-// Transition is one change of a backend's state, published to subscribers.
+// Transition is one change of a backend's state (see Pool.OnTransition).
 type Transition struct {
 	Backend string    `json:"backend"`
 	Index   int       `json:"index"`
@@ -122,8 +122,9 @@ type Transition struct {
 // backend ejected for a hang: it is to be replayed elsewhere at once.
 var ErrRescued = errors.New("backend ejected for a hang while the request was in flight")
 
-// Evidence is what the engine learns about a backend; every state change
-// follows from one piece of evidence through Pool.observe.
+// Evidence is what the engine learns about a backend; with the restart
+// policy's timers and an operator's actions, it drives the transition table
+// (transitions.go).
 type Evidence uint8
 
 const (

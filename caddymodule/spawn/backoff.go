@@ -1,11 +1,15 @@
 package spawn
 
-import "time"
+import (
+	"time"
 
-// Crash-loop backoff. A process that exits is started again at once; if it
-// exits again before it has run for stableAfter, the next start waits
-// backoffBase, then twice as long each time, up to backoffCap. A process that
-// ran for stableAfter or longer starts a new count.
+	"github.com/crashonly/caddy-failover/healthcheck"
+)
+
+// Crash-loop backoff (healthcheck.CrashLoop). A process that exits is started
+// again at once; if it exits again before it has run for stableAfter, the
+// next start waits backoffBase, then twice as long each time, up to
+// backoffCap. A process that ran for stableAfter or longer starts a new count.
 //
 // For comparison: systemd waits RestartSec=100ms between starts and gives up
 // after StartLimitBurst=5 starts in 10s; Kubernetes' CrashLoopBackOff waits
@@ -24,9 +28,13 @@ const (
 	stableAfter = time.Second
 )
 
+var crashLoop = healthcheck.CrashLoopPolicy{Burst: 2, Stable: stableAfter, Base: backoffBase, Cap: backoffCap}
+
 // backoff counts one backend's consecutive short-lived runs. It is used by
-// that backend's supervising goroutine only.
+// that backend's supervising goroutine only; exits and first copy loop's
+// count after each exit, for spawn.go's log.
 type backoff struct {
+	loop  healthcheck.CrashLoop
 	exits int       // consecutive exits of processes that ran < stableAfter
 	first time.Time // start of the first of them
 }
@@ -34,25 +42,12 @@ type backoff struct {
 // exit records that a process started at start ended at now (or failed to
 // start: start == now), and returns how long to wait before the next start.
 func (b *backoff) exit(start, now time.Time) time.Duration {
-	if now.Sub(start) >= stableAfter {
-		b.exits = 0
-	}
-	if b.exits == 0 {
-		b.first = start
-	}
-	b.exits++
-	return backoffDelay(b.exits)
+	b.loop.CrashLoopPolicy = crashLoop
+	d := b.loop.Ended(start, now)
+	b.exits, b.first = b.loop.Runs()
+	return d
 }
 
 // backoffDelay is the wait before the start that follows the n-th
 // consecutive short-lived exit.
-func backoffDelay(n int) time.Duration {
-	if n <= 1 {
-		return 0
-	}
-	d := backoffBase
-	for i := 2; i < n && d < backoffCap; i++ {
-		d *= 2
-	}
-	return min(d, backoffCap)
-}
+func backoffDelay(n int) time.Duration { return crashLoop.Delay(n) }
