@@ -71,11 +71,11 @@ type rig struct {
 	shared   *chaos.Rig
 }
 
-func newRig(t *testing.T, n int) *rig {
+func newRig(t *testing.T, n int, backendArgs ...string) *rig {
 	if testing.Short() {
 		t.Skip("end-to-end: builds and runs Caddy")
 	}
-	cr, err := chaos.NewRig(t.Context(), chaos.RigConfig{CaddyBin: caddyBin, BackendBin: backendBin, Dir: t.TempDir(), Backends: n})
+	cr, err := chaos.NewRig(t.Context(), chaos.RigConfig{CaddyBin: caddyBin, BackendBin: backendBin, Dir: t.TempDir(), Backends: n, Args: backendArgs})
 	require.NoError(t, err)
 	t.Cleanup(func() { cr.Close() })
 	return &rig{

@@ -250,3 +250,79 @@ func spawnedPidAt(addr string) int { return backendPid(addr) }
 
 func killPid(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 func stopPid(pid int) error { return syscall.Kill(pid, syscall.SIGSTOP) }
+
+// deployUnderLoad runs GET+POST load through r while deploy runs, and
+// returns the load's report.
+func deployUnderLoad(t *testing.T, r *rig, deploy func(ctx context.Context) error) chaos.Report {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	var res *chaos.Results
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		res = chaos.RunLoad(ctx, chaos.LoadConfig{
+			URL: r.url(""), Concurrency: 8, Duration: time.Minute, MaxRequests: 200000,
+			PostRatio: 0.2, Seed: 2, WorkMs: 2,
+		})
+	})
+	err := deploy(ctx)
+	cancel()
+	wg.Wait()
+	require.NoError(t, err)
+	rep, err := chaos.Analyze(res, r.records)
+	require.NoError(t, err)
+	t.Logf("\n%s", rep)
+	require.Greater(t, rep.Total, 100, "the load ran")
+	return rep
+}
+
+// A rolling deploy by SIGTERM alone, under any supervisor: each backend
+// announces its drain on its heartbeat, finishes its requests and exits;
+// its supervisor starts it again. No request fails, and failover asks for
+// no restart: a graceful exit is not a crash.
+func TestDeployBySIGTERMWithAnnouncedDrain(t *testing.T) {
+	r := newRig(t, 3)
+	asked := filepath.Join(t.TempDir(), "restarts")
+	r.start(fmt.Sprintf("failover {{upstreams}} {\n\thealth_uri /health\n\trestart_crashed on\n\trestart exec sh -c \"echo {backend} {reason} >> %s\"\n}", asked))
+	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
+	sup := r.chaosRig().StartSupervisor(chaos.SupervisorConfig{RestartSec: 300 * time.Millisecond})
+	defer sup.Stop()
+	old := []int{r.backends[0].Pid(), r.backends[1].Pid(), r.backends[2].Pid()}
+
+	inj := &chaos.Injector{Backends: r.backends}
+	rep := deployUnderLoad(t, r, func(ctx context.Context) error {
+		inj.Apply(ctx, chaos.Fault{Kind: chaos.FaultDeploy, Backend: -1})
+		if ev := inj.Events(); ev[0].Err != "" {
+			return fmt.Errorf("deploy: %s", ev[0].Err)
+		}
+		return nil
+	})
+	assert.Zero(t, rep.Failed, "failed requests: %v", rep.FailuresByKind)
+	assert.Zero(t, rep.ExecutedTwice, "POSTs executed twice: %v", rep.ExecutedTwiceIDs)
+	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
+	for i, b := range r.backends {
+		assert.NotEqual(t, old[i], b.Pid(), "backend %d was redeployed", i)
+	}
+	assert.NoFileExists(t, asked, "failover asked for no restart (restart_crashed is on: a crash would have been)")
+	assert.Len(t, sup.Restarts(), 3)
+}
+
+// A rolling restart through the admin API with an external supervisor: the
+// signal restarter SIGTERMs each backend by its pidfile, the supervisor
+// starts it again.
+func TestRollingRestartExternalSupervisor(t *testing.T) {
+	pidDir := t.TempDir()
+	r := newRig(t, 3, "-pidfile-dir", pidDir)
+	r.start(fmt.Sprintf("failover {{upstreams}} {\n\tname ext\n\thealth_uri /health\n\trestart signal %s/{port}.pid TERM\n}", pidDir))
+	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
+	sup := r.chaosRig().StartSupervisor(chaos.SupervisorConfig{RestartSec: 300 * time.Millisecond})
+	defer sup.Stop()
+	old := []int{r.backends[0].Pid(), r.backends[1].Pid(), r.backends[2].Pid()}
+
+	rep := deployUnderLoad(t, r, func(ctx context.Context) error { return chaos.RollingRestart(ctx, r.admin) })
+	assert.Zero(t, rep.Failed, "failed requests: %v", rep.FailuresByKind)
+	assert.Zero(t, rep.ExecutedTwice, "POSTs executed twice: %v", rep.ExecutedTwiceIDs)
+	for i, b := range r.backends {
+		assert.NotEqual(t, old[i], b.Pid(), "backend %d was restarted", i)
+	}
+	assert.Len(t, sup.Restarts(), 3, "one restart each, by the supervisor")
+}

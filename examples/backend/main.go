@@ -39,6 +39,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,6 +61,7 @@ func main() {
 	crashAfter := flag.Int64("crash-after", 0, "exit with status 2 after serving `N` application requests (0: never)")
 	hangAfter := flag.Int64("hang-after", 0, "stop answering after serving `N` application requests (0: never)")
 	startupDelay := flag.Duration("startup-delay", 0, "sleep this long before listening (a slow start)")
+	pidDir := flag.String("pidfile-dir", "", "write the pid to `dir`/<port>.pid once listening, for supervisors and restarters that signal by pidfile")
 	drainNotice := flag.Duration("drain-notice", time.Second, "on SIGTERM, wait at most this long for a heartbeat to announce the drain to before closing the listener")
 	flag.Parse()
 	if *addr == "" || flag.NArg() > 0 {
@@ -89,6 +91,12 @@ func main() {
 	if s.id == "" {
 		_, port, _ := net.SplitHostPort(ln.Addr().String())
 		s.id = port
+	}
+	if *pidDir != "" {
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		if err := os.WriteFile(filepath.Join(*pidDir, port+".pid"), []byte(strconv.Itoa(s.pid)+"\n"), 0o644); err != nil {
+			log.Fatal(err)
+		}
 	}
 	fmt.Printf("listening %s pid=%d\n", ln.Addr(), s.pid)
 
