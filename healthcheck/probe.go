@@ -36,6 +36,20 @@ type prober struct {
 	forced bool
 	// skipped counts beats in a row saved by live traffic
 	skipped int
+	// onBeat is the pool's OnBeat hook, taken at Start; nil: none
+	onBeat func(*Backend, Evidence, time.Duration)
+}
+
+// OnBeat makes f receive every heartbeat a prober sends: the backend, the
+// verdict and how long it took, from the start of the beat (a connect
+// included) to its answer, or to its being judged missed or refused. f is
+// called on the prober's goroutine after the verdict was applied, never
+// under the pool's lock; it must be quick, as it delays the next beat.
+// Set it before Start: probers take it when they start.
+func (p *Pool) OnBeat(f func(b *Backend, e Evidence, latency time.Duration)) {
+	p.mu.Lock()
+	p.onBeat = f
+	p.mu.Unlock()
 }
 
 func newProber(p *Pool, b *Backend) *prober {
@@ -56,7 +70,7 @@ func newProber(p *Pool, b *Backend) *prober {
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t}
+	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t, onBeat: p.onBeat}
 }
 
 func (pr *prober) run() {
@@ -80,11 +94,19 @@ func (pr *prober) run() {
 			}
 		}
 		pr.skipped = 0
+		start := time.Now()
 		e, cause := pr.beat()
+		took := time.Since(start)
 		if pr.p.ctx.Err() != nil {
 			return
 		}
+		if e != Miss && e != Gone {
+			pr.b.lastBeat.Store(int64(took)) // answered
+		}
 		pr.p.observe(pr.b, e, cause)
+		if pr.onBeat != nil {
+			pr.onBeat(pr.b, e, took)
+		}
 		var wait time.Duration
 		switch {
 		case e == Pass:
