@@ -37,6 +37,17 @@ func beats(p *Pool) []chan beat {
 	return chs
 }
 
+// skipBeats throws away the beats received so far.
+func skipBeats(ch <-chan beat) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
+
 func nextBeat(t *testing.T, ch <-chan beat, what string) beat {
 	t.Helper()
 	select {

@@ -109,7 +109,7 @@ func (pr *prober) run() {
 		}
 		var wait time.Duration
 		switch {
-		case e == Pass:
+		case e == Pass || e == DrainAnnounced:
 			misses = 0
 			wait = pr.jitter(pr.cfg.Interval)
 		case e == Gone:
@@ -258,6 +258,9 @@ func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale boo
 		if r.close {
 			pr.drop()
 		}
+		if r.drain {
+			return DrainAnnounced, fmt.Errorf("heartbeat %s answered %d with %s", pr.cfg.Path, r.status, DrainHeader), false
+		}
 		if !pr.cfg.statusOK(r.status) {
 			return WrongStatus, fmt.Errorf("heartbeat %s answered %d", pr.cfg.Path, r.status), false
 		}
@@ -312,6 +315,7 @@ type watch struct {
 type readResult struct {
 	status int
 	close  bool
+	drain  bool // the answer carried DrainHeader
 	err    error
 }
 
@@ -335,7 +339,8 @@ func (w *watch) read() {
 		n, err := io.Copy(io.Discard, io.LimitReader(res.Body, maxProbeBody+1))
 		res.Body.Close()
 		closing := res.Close || err != nil || n > maxProbeBody
-		if !w.send(readResult{status: res.StatusCode, close: closing}) || closing {
+		_, drain := res.Header[DrainHeader] // keys are canonical: a map look-up, no allocation
+		if !w.send(readResult{status: res.StatusCode, close: closing, drain: drain}) || closing {
 			return
 		}
 	}
