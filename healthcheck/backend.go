@@ -22,6 +22,8 @@ type Backend struct {
 	gen atomic.Uint64
 	// beats counts heartbeats sent.
 	beats atomic.Uint64
+	// lastBeat is how long the last answered heartbeat took (ns).
+	lastBeat atomic.Int64
 	// answered is when b last answered a live request (UnixNano).
 	answered atomic.Int64
 

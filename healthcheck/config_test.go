@@ -147,7 +147,8 @@ func TestTextRoundTrip(t *testing.T) {
 	require.NoError(t, json.Unmarshal(j, &back))
 	assert.Equal(t, tr, back)
 
-	snap := Snapshot{Addr: "a:1", State: Restarting, Since: time.Unix(3, 0).UTC(), Beats: 7, InFlight: 2, Active: 3}
+	snap := Snapshot{Addr: "a:1", State: Restarting, Since: time.Unix(3, 0).UTC(), Beats: 7, InFlight: 2, Active: 3,
+		LastBeat: 1500 * time.Microsecond, LeaseUntil: time.Unix(33, 0).UTC()}
 	j, err = json.Marshal(snap)
 	require.NoError(t, err)
 	var sback Snapshot

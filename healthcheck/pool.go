@@ -28,6 +28,8 @@ type Pool struct {
 	// pending transitions, made under mu, delivered by deliver after it
 	hook    func(Transition)
 	pending []Transition
+	// onBeat is set by OnBeat (probe.go), before Start
+	onBeat func(*Backend, Evidence, time.Duration)
 	// delivering: one deliverer at a time keeps transitions in order
 	delivering sync.Mutex
 	// the restart policy and what it learnt (restart.go)
@@ -148,6 +150,12 @@ type Snapshot struct {
 	Beats    uint64    `json:"beats"`
 	InFlight int       `json:"in_flight"`
 	Active   int       `json:"active"`
+	// LastBeat is how long the last answered heartbeat took, in
+	// nanoseconds; absent until one was answered.
+	LastBeat time.Duration `json:"last_beat_ns,omitzero"`
+	// LeaseUntil is when the current restart lease runs out; absent when
+	// not restarting.
+	LeaseUntil time.Time `json:"restart_lease_until,omitzero"`
 }
 
 // Snapshot returns every backend's state, in pool order.
@@ -156,12 +164,16 @@ func (p *Pool) Snapshot() []Snapshot {
 	p.mu.Lock()
 	for i, b := range p.backends {
 		out[i] = Snapshot{Addr: b.Addr, State: b.state, Reason: b.reason, Since: b.since}
+		if b.state == Restarting {
+			out[i].LeaseUntil = b.leaseUntil
+		}
 	}
 	p.mu.Unlock()
 	for i, b := range p.backends {
 		out[i].Beats = b.beats.Load()
 		out[i].InFlight = b.InFlight()
 		out[i].Active = b.Active()
+		out[i].LastBeat = time.Duration(b.lastBeat.Load())
 	}
 	return out
 }

@@ -55,6 +55,20 @@ type prober struct {
 	// rnd is the prober's own source of jitter (the global one locks;
 	// tests seed this one)
 	rnd *rand.Rand
+	// onBeat is the pool's OnBeat hook, taken at Start; nil: none
+	onBeat func(*Backend, Evidence, time.Duration)
+}
+
+// OnBeat makes f receive every heartbeat a prober sends: the backend, the
+// verdict and how long it took, from the start of the beat (a connect
+// included) to its answer, or to its being judged missed or refused. f is
+// called on the prober's goroutine after the verdict was applied, never
+// under the pool's lock; it must be quick, as it delays the next beat.
+// Set it before Start: probers take it when they start.
+func (p *Pool) OnBeat(f func(b *Backend, e Evidence, latency time.Duration)) {
+	p.mu.Lock()
+	p.onBeat = f
+	p.mu.Unlock()
 }
 
 func newProber(p *Pool, b *Backend) *prober {
@@ -76,7 +90,7 @@ func newProber(p *Pool, b *Backend) *prober {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t, rnd: rnd}
+	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t, rnd: rnd, onBeat: p.onBeat}
 }
 
 func (pr *prober) run() {
@@ -99,11 +113,19 @@ func (pr *prober) run() {
 			}
 		}
 		pr.skipped = 0
+		start := time.Now()
 		e, cause := pr.beat()
+		took := time.Since(start)
 		if pr.p.ctx.Err() != nil {
 			return
 		}
+		if e != Miss && e != Gone {
+			pr.b.lastBeat.Store(int64(took)) // answered
+		}
 		pr.p.observe(pr.b, e, cause)
+		if pr.onBeat != nil {
+			pr.onBeat(pr.b, e, took)
+		}
 		if !pr.sleep(pr.after(e)) {
 			return
 		}
@@ -116,7 +138,7 @@ func (pr *prober) after(e Evidence) time.Duration {
 		pr.refused = 0
 	}
 	switch e {
-	case Pass:
+	case Pass, DrainAnnounced:
 		pr.misses = 0
 		return pr.jitter(pr.cfg.Interval)
 	case Gone:
@@ -267,6 +289,9 @@ func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale boo
 		if r.close {
 			pr.drop()
 		}
+		if r.drain {
+			return DrainAnnounced, fmt.Errorf("heartbeat %s answered %d with %s", pr.cfg.Path, r.status, DrainHeader), false
+		}
 		if !pr.cfg.statusOK(r.status) {
 			return WrongStatus, fmt.Errorf("heartbeat %s answered %d", pr.cfg.Path, r.status), false
 		}
@@ -321,6 +346,7 @@ type watch struct {
 type readResult struct {
 	status int
 	close  bool
+	drain  bool // the answer carried DrainHeader
 	err    error
 	// bad: err came after part of an answer (malformed, too long), not
 	// from a connection that failed before any
@@ -352,7 +378,8 @@ func (w *watch) read() {
 		n, err := io.Copy(io.Discard, io.LimitReader(res.Body, maxProbeBody+1))
 		res.Body.Close()
 		closing := res.Close || err != nil || n > maxProbeBody
-		if !w.send(readResult{status: res.StatusCode, close: closing}) || closing {
+		_, drain := res.Header[DrainHeader] // keys are canonical: a map look-up, no allocation
+		if !w.send(readResult{status: res.StatusCode, close: closing, drain: drain}) || closing {
 			return
 		}
 	}

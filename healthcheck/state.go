@@ -27,9 +27,12 @@ const (
 	Restarting
 	// Probation: back in service, ramping its share of traffic.
 	Probation
-	// Draining: out by an operator's hand; requests in flight finish. Its
-	// heartbeats go on and are shown, but no evidence moves it and it is
-	// never restarted: a graceful exit is not a crash.
+	// Draining: out by an operator's hand (reason Manual) or by the
+	// backend's own announcement (Announced); requests in flight finish.
+	// Its heartbeats go on and are shown, but no bad evidence moves it and
+	// it is never restarted: a graceful exit is not a crash. Only an
+	// announced drain ends by itself, with a good beat that no longer
+	// announces it.
 	Draining
 	// Maint: out by hand for maintenance, on the same rules as Draining.
 	Maint
@@ -73,9 +76,12 @@ const (
 	LeaseExpired
 	// Manual: an operator took it out (draining, maint).
 	Manual
+	// Announced: the backend announced its drain in a heartbeat answer
+	// (the DrainHeader); a good beat without it brings it back.
+	Announced
 )
 
-var reasonNames = [...]string{"", "crash", "hang", "bad-status", "lease-expired", "manual"}
+var reasonNames = [...]string{"", "crash", "hang", "bad-status", "lease-expired", "manual", "announced"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
@@ -139,9 +145,16 @@ const (
 	// Timeout: a live request got no response in time; counts as a hang
 	// at once (a heartbeat is then sent to confirm recovery).
 	Timeout
+	// DrainAnnounced: a heartbeat answer, whatever its status, carried the
+	// DrainHeader: the backend asks for no new requests (it is about to
+	// exit, say), as Envoy's x-envoy-immediate-health-check-fail does.
+	DrainAnnounced
 )
 
-var evidenceNames = [...]string{"pass", "miss", "wrong-status", "gone", "timeout"}
+// DrainHeader in a heartbeat answer, with any value, announces a drain.
+const DrainHeader = "Failover-Drain"
+
+var evidenceNames = [...]string{"pass", "miss", "wrong-status", "gone", "timeout", "drain-announced"}
 
 func (e Evidence) String() string {
 	if int(e) < len(evidenceNames) {

@@ -14,24 +14,25 @@ import (
 // since the last pass (the reason is the F-th's), a "miss" a beat unanswered
 // (miss or timeout) since the last answer or refusal.
 //
-//	input \ state    unknown              healthy, probation          ejected(r)                     restarting(r)            draining          maint
-//	pass             healthy              -                           P-th pass: admit¹              P = 1: admit¹,           -                 -
-//	                                                                                                 else ejected(r)
-//	miss             F-th fail:           F-th fail: ejected(hang)²   r crash or bad-status and      -                        -                 -
-//	                 ejected(hang)                                    F-th miss: ejected(hang)
-//	timeout          as miss              ejected(hang)²              as miss                        -                        -                 -
-//	wrong status     F-th fail:           F-th fail:                  ejected(bad-status)            ejected(bad-status)      -                 -
-//	                 ejected(bad-status)  ejected(bad-status)²
-//	gone             ejected(crash)       ejected(crash)              ejected(crash)                 -                        -                 -
-//	drain            draining(manual)     draining(manual)            draining(manual)               draining(manual)         -                 draining(manual)
-//	maint            maint(manual)        maint(manual)               maint(manual)                  maint(manual)            maint(manual)     -
-//	return           -                    -                           -                              -                        unknown³          unknown³
-//	restart due⁴     -                    guarded(hang):              r hang or lease-expired, or    -                        -                 -
-//	                                      restarting(hang)            crash with restart_crashed:
+//	input \ state     unknown              healthy, probation         ejected(r)                   restarting(r)           draining(manual)  draining(announced)  maint
+//	pass              healthy              -                          P-th pass: admit¹            P = 1: admit¹,          -                 admit¹               -
+//	                                                                                               else ejected(r)
+//	miss              F-th fail:           F-th fail: ejected(hang)²  r crash or bad-status and    -                       -                 -                    -
+//	                  ejected(hang)                                   F-th miss: ejected(hang)
+//	timeout           as miss              ejected(hang)²             as miss                      -                       -                 -                    -
+//	wrong status      F-th fail:           F-th fail:                 ejected(bad-status)          ejected(bad-status)     -                 -                    -
+//	                  ejected(bad-status)  ejected(bad-status)²
+//	gone              ejected(crash)       ejected(crash)             ejected(crash)               -                       -                 -                    -
+//	drain announced⁵  draining(announced)  draining(announced)        draining(announced)          draining(announced)     -                 -                    -
+//	drain             draining(manual)     draining(manual)           draining(manual)             draining(manual)        -                 draining(manual)     draining(manual)
+//	maint             maint(manual)        maint(manual)              maint(manual)                maint(manual)           maint(manual)     maint(manual)        -
+//	return            -                    -                          -                            -                       unknown³          unknown³             unknown³
+//	restart due⁴      -                    guarded(hang):             r hang or lease-expired, or  -                       -                 -                    -
+//	                                       restarting(hang)           crash with restart_crashed:
 //	                                                                  restarting(r)
-//	lease expired    -                    -                           -                              ejected(lease-expired)   -                 -
-//	restart failed   -                    -                           -                              ejected(r)               -                 -
-//	slow start over  -                    probation: healthy          -                              -                        -                 -
+//	lease expired     -                    -                          -                            ejected(lease-expired)  -                 -                    -
+//	restart failed    -                    -                          -                            ejected(r)              -                 -                    -
+//	slow start over   -                    probation: healthy         -                            -                       -                 -                    -
 //
 //	¹ probation when slow_start is set, else healthy; from unknown healthy (it never failed, so one pass)
 //	² unless the last in service: the panic guard keeps it (no transition), guarded for that reason;
@@ -39,6 +40,7 @@ import (
 //	³ and a beat at once
 //	⁴ a restarter is set, no pass since the last bad evidence, the last answer restart_after ago,
 //	  no crash-loop backoff pending, fewer than max_restarting restarting
+//	⁵ a heartbeat answer, whatever its status, with the DrainHeader
 //
 // A miss while a live request waits longer than Timeout is a timeout.
 
@@ -48,7 +50,7 @@ type input uint8
 
 const (
 	// inRestart: the restart policy asks for a restart now.
-	inRestart input = iota + input(Timeout) + 1
+	inRestart input = iota + input(DrainAnnounced) + 1 // after the last Evidence
 	// inLeaseExpired: a restart lease ran out.
 	inLeaseExpired
 	// inRestartFailed: the restart request failed.
@@ -92,7 +94,8 @@ var evidenceReason = [...]Reason{Miss: Hang, Timeout: Hang, WrongStatus: BadStat
 // for a new reason (to be logged).
 func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 	s, r := b.state, b.reason
-	held := s == Draining || s == Maint // by an operator: evidence only counts
+	held := s == Draining || s == Maint // evidence only counts
+	announced := s == Draining && r == Announced
 	switch in {
 	case input(Pass):
 		b.passes++
@@ -103,6 +106,8 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 			p.learnRestart(b)
 		}
 		switch {
+		case announced:
+			p.admit(b) // the backend ends its drain by no longer announcing it
 		case s.InService() || held:
 		case s == Unknown || b.passes >= p.cfg.Passes:
 			p.admit(b) // unknown needs one pass: it has never failed
@@ -144,6 +149,13 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 			}
 		}
 
+	case input(DrainAnnounced):
+		// an answer, so not a miss; not a pass either
+		b.passes, b.misses = 0, 0
+		if s != Maint && !(s == Draining && r == Manual) { // an operator's word wins
+			p.set(b, Draining, Announced, cause)
+		}
+
 	case inRestart:
 		switch {
 		case s == Ejected:
@@ -178,8 +190,9 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 	return rescue, guarded
 }
 
-// admit is the transition into service: unknown → healthy, and ejected or
-// restarting → probation (with slow start) or healthy.
+// admit is the transition into service: unknown → healthy, and ejected,
+// restarting or draining(announced) → probation (with slow start) or
+// healthy.
 func (p *Pool) admit(b *Backend) {
 	b.gen.Add(1)
 	to := Healthy

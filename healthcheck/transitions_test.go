@@ -75,6 +75,7 @@ func TestTransitionTable(t *testing.T) {
 		{"wrong status", 2, 2, false, ev(WrongStatus)},
 		{"F-th wrong status", 2, 1, false, ev(WrongStatus)},
 		{"gone", 2, 2, false, ev(Gone)},
+		{"drain announced", 2, 2, false, ev(DrainAnnounced)},
 		{"drain", 2, 2, false, (*Pool).Drain},
 		{"maint", 2, 2, false, (*Pool).Maint},
 		{"return", 2, 2, false, (*Pool).Return},
@@ -139,6 +140,7 @@ func TestTransitionTable(t *testing.T) {
 		H  = "healthy"
 		P  = "probation"
 		D  = "draining(manual)"
+		DA = "draining(announced)"
 		M  = "maint(manual)"
 		U  = "unknown"
 		EC = "ejected(crash)"
@@ -154,39 +156,41 @@ func TestTransitionTable(t *testing.T) {
 		alone bool   // the only backend that may be in service
 		guard Reason // the panic guard's reason after setup
 		setup func(*Pool, *Backend)
-		cells [16]string
+		cells [17]string
 	}{
-		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone drain maint return due  due+c lease fail slow
+		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow
 		{U, false, ReasonNone, func(*Pool, *Backend) {},
-			[16]string{H, H, "-", EH, "-", "-", EB, EC, D, M, "-", "-", "-", "-", "-", "-"}},
+			[17]string{H, H, "-", EH, "-", "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
 		{H, false, ReasonNone, ev(Pass),
-			[16]string{"-", "-", "-", EH, EH, "-", EB, EC, D, M, "-", "-", "-", "-", "-", "-"}},
+			[17]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
 		{P, false, ReasonNone, probation,
-			[16]string{"-", "-", "-", EH, EH, "-", EB, EC, D, M, "-", "-", "-", "-", "-", H}},
+			[17]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", H}},
 		{H, true, Hang, hang,
-			[16]string{"-", "-", "-", "-", "-", "-", "-", EC, D, M, "-", RH, RH, "-", "-", "-"}},
+			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", "-"}},
 		{H, true, BadStatus, seq(hang, ev(WrongStatus)),
-			[16]string{"-", "-", "-", "-", "-", "-", "-", EC, D, M, "-", "-", "-", "-", "-", "-"}},
+			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
 		{P, true, Hang, seq(probation, ev(Timeout)),
-			[16]string{"-", "-", "-", "-", "-", "-", "-", EC, D, M, "-", RH, RH, "-", "-", H}},
+			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H}},
 		{EC, false, ReasonNone, ev(Gone),
-			[16]string{"-", P, "-", EH, "-", EB, EB, "-", D, M, "-", "-", RC, "-", "-", "-"}},
+			[17]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-"}},
 		{EH, false, ReasonNone, hang,
-			[16]string{"-", P, "-", "-", "-", EB, EB, EC, D, M, "-", RH, RH, "-", "-", "-"}},
+			[17]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-"}},
 		{EB, false, ReasonNone, func(p *Pool, b *Backend) { feed(p, b, Pass); feedUntil(p, b, WrongStatus, Ejected) },
-			[16]string{"-", P, "-", EH, "-", "-", "-", EC, D, M, "-", "-", "-", "-", "-", "-"}},
+			[17]string{"-", P, "-", EH, "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
 		{EL, false, ReasonNone, leaseExpired,
-			[16]string{"-", P, "-", "-", "-", EB, EB, EC, D, M, "-", RL, RL, "-", "-", "-"}},
+			[17]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RL, RL, "-", "-", "-"}},
 		{RH, false, ReasonNone, seq(hang, restartDue),
-			[16]string{EH, P, "-", "-", "-", EB, EB, "-", D, M, "-", "-", "-", EL, EH, "-"}},
+			[17]string{EH, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EH, "-"}},
 		{RC, false, ReasonNone, restartingCrash,
-			[16]string{EC, P, "-", "-", "-", EB, EB, "-", D, M, "-", "-", "-", EL, EC, "-"}},
+			[17]string{EC, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EC, "-"}},
 		{RL, false, ReasonNone, seq(leaseExpired, restartDue),
-			[16]string{EL, P, "-", "-", "-", EB, EB, "-", D, M, "-", "-", "-", EL, EL, "-"}},
+			[17]string{EL, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EL, "-"}},
 		{D, false, ReasonNone, seq(ev(Pass), (*Pool).Drain),
-			[16]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-"}},
+			[17]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-"}},
+		{DA, false, ReasonNone, seq(ev(Pass), ev(DrainAnnounced)),
+			[17]string{P, P, "-", "-", "-", "-", "-", "-", "-", D, M, U, "-", "-", "-", "-", "-"}},
 		{M, false, ReasonNone, seq(ev(Pass), (*Pool).Maint),
-			[16]string{"-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-"}},
+			[17]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-"}},
 	}
 
 	for _, row := range rows {
