@@ -108,7 +108,7 @@ func (a *App) commit() {
 		if name == "" {
 			name = names[h]
 		}
-		h.obs.name.Store(&name)
+		h.obs.setName(name)
 		h.start(!rolled[h.spawnKey])
 		rolled[h.spawnKey] = true
 	}

@@ -52,7 +52,7 @@ var (
 	}, []string{"pool"})
 	mHeartbeats = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "heartbeats_total",
-		Help: "Heartbeats sent, by result (pass, miss, wrong-status, gone).",
+		Help: "Heartbeats sent, by result (pass, miss, wrong-status, gone, timeout, drain-announced).",
 	}, []string{"pool", "result"})
 	mHeartbeatLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "heartbeat_latency_seconds",

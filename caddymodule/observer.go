@@ -8,6 +8,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/crashonly/caddy-failover/healthcheck"
@@ -21,6 +22,9 @@ type observer struct {
 	pool *healthcheck.Pool
 	name atomic.Pointer[string]
 	log  atomic.Pointer[zap.Logger]
+	// beats are the heartbeat metrics of the pool's name, resolved when
+	// it is named: a beat costs an increment and an observation
+	beats atomic.Pointer[beatMetrics]
 
 	// per backend, for the admin API
 	ejections [][healthcheck.Manual + 1]atomic.Uint64
@@ -59,15 +63,44 @@ func newObserver(p *healthcheck.Pool) *observer {
 		events:     make(chan caddyEvent, maxQueuedEvents),
 		done:       make(chan struct{}),
 	}
-	name := "unnamed"
-	o.name.Store(&name)
+	o.setName("unnamed")
 	o.log.Store(zap.NewNop())
 	p.OnTransition(o.transition)
+	p.OnBeat(o.beat)
 	return o
 }
 
 // Name is the pool's name, as metrics, events and the admin API give it.
 func (o *observer) Name() string { return *o.name.Load() }
+
+// setName names the pool.
+func (o *observer) setName(name string) {
+	if old := o.name.Load(); old != nil && *old == name {
+		return
+	}
+	bm := &beatMetrics{latency: mHeartbeatLatency.WithLabelValues(name)}
+	for e := range bm.verdicts {
+		bm.verdicts[e] = mHeartbeats.WithLabelValues(name, healthcheck.Evidence(e).String())
+	}
+	o.beats.Store(bm)
+	o.name.Store(&name)
+}
+
+// beatMetrics are a pool's heartbeat counters by verdict, and latency.
+type beatMetrics struct {
+	verdicts [healthcheck.DrainAnnounced + 1]prometheus.Counter
+	latency  prometheus.Observer
+}
+
+func (o *observer) beat(_ *healthcheck.Backend, e healthcheck.Evidence, took time.Duration) {
+	bm := o.beats.Load()
+	if int(e) < len(bm.verdicts) {
+		bm.verdicts[e].Inc()
+	}
+	if e != healthcheck.Miss && e != healthcheck.Gone {
+		bm.latency.Observe(took.Seconds())
+	}
+}
 
 // start begins emitting events; a no-op after the first call.
 func (o *observer) start() {
