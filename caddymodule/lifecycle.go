@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -111,43 +110,28 @@ const cycleStep = 30 * time.Second
 
 // cycle takes the backend at addr out of service in every pool that has
 // it, waits until no request is in flight on it, replaces its process
-// (replace), and brings it back: once the new process listens, it returns
-// to the normal lifecycle, and cycle waits until it is in service again
-// (healthy: through slow start too).
+// (replace), and brings it back: it returns to the normal lifecycle when
+// the replacement answers a heartbeat (on a new connection: the old
+// process may answer until it exits), and cycle waits until it is in
+// service again (healthy: through slow start too). A backend that does not
+// come back is returned to the normal lifecycle all the same.
 func cycle(ctx context.Context, addr string, healthy bool, replace func(context.Context) error) error {
-	backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Drain(b) })
+	each := func(f func(*healthcheck.Pool, *healthcheck.Backend)) { backendsAt(addr, f) }
+	each(func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Drain(b) })
 	step, cancel := context.WithTimeout(ctx, cycleStep)
-	backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { _ = p.WaitIdle(step, b) })
+	each(func(p *healthcheck.Pool, b *healthcheck.Backend) { _ = p.WaitIdle(step, b) })
 	cancel()
 	step, cancel = context.WithTimeout(ctx, cycleStep)
 	defer cancel()
 	err := replace(step)
 	if err == nil {
-		err = waitListening(step, addr)
-	}
-	backendsAt(addr, func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Return(b) })
-	if err == nil {
+		each(func(p *healthcheck.Pool, b *healthcheck.Backend) { p.ReturnOnNewProcess(b) })
 		err = waitInService(step, addr, healthy)
 	}
-	return err
-}
-
-// waitListening waits until addr accepts connections: until then a
-// heartbeat would be refused, and a refused backend is a crash.
-func waitListening(ctx context.Context, addr string) error {
-	var d net.Dialer
-	for {
-		c, err := d.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the new process never listened: %w", err)
-		case <-time.After(10 * time.Millisecond):
-		}
+	if err != nil {
+		each(func(p *healthcheck.Pool, b *healthcheck.Backend) { p.Return(b) })
 	}
+	return err
 }
 
 // waitInService waits until every pool that probes addr has it in service,

@@ -117,4 +117,3 @@ func (rp runningPool) rollingStatus() (RollingRestart, bool) {
 	rr.Done = append([]string(nil), rr.Done...)
 	return rr, true
 }
-

@@ -39,7 +39,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, t.failed(req.Context(), b, st, err, false)
 		}
-		b.Answered()
+		answered(b, res)
 		return res, nil
 	}
 	parent := req.Context()
@@ -62,8 +62,18 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		cancel(nil)
 		return nil, t.failed(parent, b, st, err, true)
 	}
-	b.Answered()
+	answered(b, res)
 	return res, nil
+}
+
+// answered records a live answer: the backend is not hung, and may be
+// announcing its drain (Failover-Drain on any answer, not only on a
+// heartbeat: under load, heartbeats are sparse).
+func answered(b *healthcheck.Backend, res *http.Response) {
+	b.Answered()
+	if _, drain := res.Header[healthcheck.DrainHeader]; drain {
+		b.Report(healthcheck.DrainAnnounced, nil)
+	}
 }
 
 // failed reports a failed attempt and decides whether it is replayed. An

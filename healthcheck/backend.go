@@ -61,6 +61,11 @@ type Backend struct {
 	idleMu sync.Mutex
 	idle   chan struct{} // closed when active drops to 0; nil if none waits
 
+	// conns counts the prober's connections made; awaitConn, guarded by
+	// pool.mu, is conns when ReturnOnNewProcess was called (0: not waiting)
+	conns     atomic.Uint64
+	awaitConn uint64
+
 	flightMu sync.Mutex
 	flights  []*Flight
 }

@@ -195,6 +195,24 @@ func (p *Pool) Return(b *Backend) {
 	}
 }
 
+// ReturnOnNewProcess returns a drained backend whose process is being
+// replaced to the normal lifecycle once the replacement answers: at its
+// first good heartbeat on a connection made after this call. The old
+// process may go on answering until it exits (a supervisor stops it
+// gracefully): its answers, on the connection it held, do not count.
+// A backend that is not draining is left as it is.
+func (p *Pool) ReturnOnNewProcess(b *Backend) {
+	p.mu.Lock()
+	if b.state == Draining {
+		b.awaitConn = b.conns.Load()
+		if b.awaitConn == 0 {
+			b.awaitConn = ^uint64(0) // no connection yet: any will do
+		}
+	}
+	p.mu.Unlock()
+	b.Probe()
+}
+
 // operate applies an operator's action and reports whether b moved.
 func (p *Pool) operate(b *Backend, in input) bool {
 	p.mu.Lock()

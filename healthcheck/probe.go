@@ -314,6 +314,7 @@ func (pr *prober) connect(deadline time.Time) error {
 		}
 		conn = tc
 	}
+	pr.b.conns.Add(1)
 	pr.w = startWatch(conn)
 	return nil
 }

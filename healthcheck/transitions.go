@@ -71,6 +71,12 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 		e = Timeout
 	}
 	p.mu.Lock()
+	if b.awaitConn != 0 && e == Pass && b.state == Draining && b.conns.Load() != b.awaitConn {
+		// the replacement process answers, on a connection made since
+		// (the old one's closed when it exited): back to the lifecycle
+		b.awaitConn = 0
+		p.apply(b, inReturn, nil)
+	}
 	rescue, guarded := p.apply(b, input(e), cause)
 	p.unlock()
 	if guarded {

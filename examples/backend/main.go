@@ -62,6 +62,7 @@ func main() {
 	hangAfter := flag.Int64("hang-after", 0, "stop answering after serving `N` application requests (0: never)")
 	startupDelay := flag.Duration("startup-delay", 0, "sleep this long before listening (a slow start)")
 	pidDir := flag.String("pidfile-dir", "", "write the pid to `dir`/<port>.pid once listening, for supervisors and restarters that signal by pidfile")
+	drainLinger := flag.Duration("drain-linger", 100*time.Millisecond, "on SIGTERM, once the drain was announced, go on accepting this long before closing the listener")
 	drainNotice := flag.Duration("drain-notice", time.Second, "on SIGTERM, wait at most this long for a heartbeat to announce the drain to before closing the listener")
 	flag.Parse()
 	if *addr == "" || flag.NArg() > 0 {
@@ -114,6 +115,9 @@ func main() {
 		s.draining.Store(true)
 		select {
 		case <-s.announced:
+			// requests a proxy routed here before it heard are still
+			// coming: a moment for them to arrive
+			time.Sleep(*drainLinger)
 		case <-time.After(*drainNotice):
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), maxWork+time.Second)
@@ -177,6 +181,12 @@ func (s *server) routes() http.Handler {
 // a deadlocked or livelocked server looks like from outside.
 func (s *server) hangable(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			// every answer announces the drain, the heartbeat's and the
+			// application's alike
+			w.Header().Set("Failover-Drain", "1")
+			s.announce.Do(func() { close(s.announced) })
+		}
 		if s.hung.Load() {
 			s.hang(r)
 			return
@@ -230,11 +240,8 @@ func (s *server) health(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.draining.Load() {
-		w.Header().Set("Failover-Drain", "1")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		io.WriteString(w, "draining")
-		http.NewResponseController(w).Flush()
-		s.announce.Do(func() { close(s.announced) })
 		return
 	}
 	io.WriteString(w, "ok")
