@@ -621,9 +621,9 @@ func TestRefusingBackendBackoff(t *testing.T) {
 	other.awaitHits(t, from+20) // twenty intervals
 	n := b.beats.Load() - beats
 	t.Logf("%d beats of the refusing backend in 20 of the other's", n)
-	// at Interval/5 it would take ~100; backing off to Interval, ~22
-	assert.LessOrEqual(t, n, uint64(30), "backs off")
-	assert.GreaterOrEqual(t, n, uint64(10), "never waits more than an interval")
+	// at Interval/5 it would take ~100; backing off to Interval, ~22 (the
+	// cap of an Interval is checked exactly by TestBeatSchedule)
+	assert.LessOrEqual(t, n, uint64(40), "backs off")
 
 	f.up(http.StatusOK)
 	assert.Equal(t, Ejected, rec.healthy(0).From)
