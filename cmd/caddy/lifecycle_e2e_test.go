@@ -501,3 +501,41 @@ func TestReloadAppliesEveryChange(t *testing.T) {
 		return len(ps) == 1 && ps[0].ID != before.ID
 	})
 }
+
+// A reload that drops a spawned pool lets the requests in flight on it
+// finish on its processes, and stops them only then.
+func TestDroppedPoolFinishesItsRequests(t *testing.T) {
+	c, admin, port, addrs := startSpawnCaddy(t, 1, func(a []string) string { return spawnBlock(a, "1", false) })
+	pid := pidsOf(t, addrs)[0]
+	other, err := chaos.FreePorts(1)
+	require.NoError(t, err)
+
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/work?ms=1500", port))
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		got <- result{res.StatusCode, string(b), nil}
+	}()
+	waitFor(t, 5*time.Second, "the request is in flight", func() bool {
+		ps := poolsAt(t, admin)
+		return len(ps) == 1 && ps[0].Backends[0].Active == 1
+	})
+	// the new config spawns elsewhere: the old pool and its process go
+	require.NoError(t, c.Reload(chaos.Caddyfile(admin, port, spawnBlock([]string{fmt.Sprintf("127.0.0.1:%d", other[0])}, "1", false))))
+	assert.True(t, alive(pid), "the old process runs while its request is in flight")
+	res := <-got
+	require.NoError(t, res.err)
+	assert.Equal(t, http.StatusOK, res.code, res.body)
+	assert.Contains(t, res.body, fmt.Sprintf("pid=%d", pid), "served by the old process")
+	waitFor(t, 10*time.Second, "the old process stopped once its request ended", func() bool { return !alive(pid) })
+}
