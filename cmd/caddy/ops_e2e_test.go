@@ -51,45 +51,28 @@ func adminDo(t *testing.T, admin, method, path string, out any) (int, string) {
 // failed request and no POST executed twice.
 func TestRollingRestartUnderLoad(t *testing.T) {
 	records := filepath.Join(t.TempDir(), "orders.log")
-	c, admin, port, addrs := startSpawnCaddy(t, 3, func(a []string) string {
+	_, admin, port, addrs := startSpawnCaddy(t, 3, func(a []string) string {
 		return fmt.Sprintf("failover {\n\tname shop\n\thealth_uri /health\n\tspawn %s -addr {backend} -id b{index} -records %s {\n\t\tto %s\n\t}\n}",
 			backendBin, records, strings.Join(a, " "))
 	})
-	_ = c
 	old := pidsOf(t, addrs)
 
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	var res *chaos.Results
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		res = chaos.RunLoad(ctx, chaos.LoadConfig{
-			URL: fmt.Sprintf("http://127.0.0.1:%d", port), Concurrency: 8, Duration: time.Minute,
-			MaxRequests: 200000, PostRatio: 0.2, Seed: 1, WorkMs: 2,
-		})
-	})
 	var rr caddymodule.RollingRestart
-	code, body := adminDo(t, admin, http.MethodPost, "/failover/pools/shop/rolling-restart", &rr)
-	require.Equal(t, http.StatusAccepted, code, body)
-	assert.Equal(t, "running", rr.State)
-
-	code, body = adminDo(t, admin, http.MethodPost, "/failover/pools/shop/rolling-restart", nil)
-	assert.Equal(t, http.StatusConflict, code, "a second one is refused while one runs: %s", body)
-	assert.Contains(t, body, "already running")
-
-	waitFor(t, time.Minute, "the rolling restart ends", func() bool {
-		adminDo(t, admin, http.MethodGet, "/failover/pools/shop/rolling-restart", &rr)
-		return rr.State != "running"
+	rep := deployUnderLoad(t, fmt.Sprintf("http://127.0.0.1:%d", port), records, func(context.Context) error {
+		code, body := adminDo(t, admin, http.MethodPost, "/failover/pools/shop/rolling-restart", &rr)
+		require.Equal(t, http.StatusAccepted, code, body)
+		assert.Equal(t, "running", rr.State)
+		code, body = adminDo(t, admin, http.MethodPost, "/failover/pools/shop/rolling-restart", nil)
+		assert.Equal(t, http.StatusConflict, code, "a second one is refused while one runs: %s", body)
+		assert.Contains(t, body, "already running")
+		waitFor(t, time.Minute, "the rolling restart ends", func() bool {
+			adminDo(t, admin, http.MethodGet, "/failover/pools/shop/rolling-restart", &rr)
+			return rr.State != "running"
+		})
+		return nil
 	})
-	cancel()
-	wg.Wait()
 	require.Equal(t, "done", rr.State, "error: %s", rr.Error)
 	assert.Equal(t, addrs, rr.Done)
-
-	rep, err := chaos.Analyze(res, records)
-	require.NoError(t, err)
-	t.Logf("\n%s", rep)
-	require.Greater(t, rep.Total, 100, "the load ran")
 	assert.Zero(t, rep.Failed, "failed requests: %v", rep.FailuresByKind)
 	assert.Zero(t, rep.ExecutedTwice, "POSTs executed twice: %v", rep.ExecutedTwiceIDs)
 	fresh := pidsOf(t, addrs)
@@ -182,11 +165,10 @@ func metricsAt(t *testing.T, admin, name string, want ...string) float64 {
 // /metrics during a fault run agrees with the admin API and with what the
 // test did: ejections, restarts, held requests, states.
 func TestMetricsMatchWhatHappened(t *testing.T) {
-	c, admin, port, addrs := startSpawnCaddy(t, 2, func(a []string) string {
+	_, admin, port, addrs := startSpawnCaddy(t, 2, func(a []string) string {
 		return fmt.Sprintf("failover {\n\tname m\n\thealth_uri /health\n\tspawn %s -addr {backend} {\n\t\tto %s\n\t}\n}",
 			backendBin, strings.Join(a, " "))
 	})
-	_ = c
 	pids := pidsOf(t, addrs)
 	assert.Equal(t, 1.0, metricsAt(t, admin, "caddy_failover_backend_state", `pool="m"`, `state="healthy"`, `backend="`+addrs[0]+`"`))
 
@@ -251,16 +233,16 @@ func spawnedPidAt(addr string) int { return backendPid(addr) }
 func killPid(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 func stopPid(pid int) error { return syscall.Kill(pid, syscall.SIGSTOP) }
 
-// deployUnderLoad runs GET+POST load through r while deploy runs, and
-// returns the load's report.
-func deployUnderLoad(t *testing.T, r *rig, deploy func(ctx context.Context) error) chaos.Report {
+// deployUnderLoad runs GET+POST load on url while deploy runs, and returns
+// the load's report, with the backends' order records.
+func deployUnderLoad(t *testing.T, url, records string, deploy func(ctx context.Context) error) chaos.Report {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	var res *chaos.Results
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		res = chaos.RunLoad(ctx, chaos.LoadConfig{
-			URL: r.url(""), Concurrency: 8, Duration: time.Minute, MaxRequests: 200000,
+			URL: url, Concurrency: 8, Duration: time.Minute, MaxRequests: 200000,
 			PostRatio: 0.2, Seed: 2, WorkMs: 2,
 		})
 	})
@@ -268,7 +250,7 @@ func deployUnderLoad(t *testing.T, r *rig, deploy func(ctx context.Context) erro
 	cancel()
 	wg.Wait()
 	require.NoError(t, err)
-	rep, err := chaos.Analyze(res, r.records)
+	rep, err := chaos.Analyze(res, records)
 	require.NoError(t, err)
 	t.Logf("\n%s", rep)
 	require.Greater(t, rep.Total, 100, "the load ran")
@@ -289,7 +271,7 @@ func TestDeployBySIGTERMWithAnnouncedDrain(t *testing.T) {
 	old := []int{r.backends[0].Pid(), r.backends[1].Pid(), r.backends[2].Pid()}
 
 	inj := &chaos.Injector{Backends: r.backends}
-	rep := deployUnderLoad(t, r, func(ctx context.Context) error {
+	rep := deployUnderLoad(t, r.url(""), r.records, func(ctx context.Context) error {
 		inj.Apply(ctx, chaos.Fault{Kind: chaos.FaultDeploy, Backend: -1})
 		if ev := inj.Events(); ev[0].Err != "" {
 			return fmt.Errorf("deploy: %s", ev[0].Err)
@@ -318,7 +300,7 @@ func TestRollingRestartExternalSupervisor(t *testing.T) {
 	defer sup.Stop()
 	old := []int{r.backends[0].Pid(), r.backends[1].Pid(), r.backends[2].Pid()}
 
-	rep := deployUnderLoad(t, r, func(ctx context.Context) error { return chaos.RollingRestart(ctx, r.admin) })
+	rep := deployUnderLoad(t, r.url(""), r.records, func(ctx context.Context) error { return chaos.RollingRestart(ctx, r.admin) })
 	assert.Zero(t, rep.Failed, "failed requests: %v", rep.FailuresByKind)
 	assert.Zero(t, rep.ExecutedTwice, "POSTs executed twice: %v", rep.ExecutedTwiceIDs)
 	for i, b := range r.backends {
