@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,8 +33,37 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.inner.RoundTrip(req)
 	}
 	b := st.current
+	// a request is in flight on b until its response body is closed:
+	// a drain waits for streamed answers too
 	b.Acquire()
-	defer b.ReleaseActive()
+	res, err := t.attempt(req, st, b)
+	if err != nil || res.StatusCode == http.StatusSwitchingProtocols {
+		// an upgraded connection (its body is read and written by
+		// reverse_proxy, unwrapped) lives as long as the client wants
+		b.ReleaseActive()
+		return res, err
+	}
+	res.Body = &activeBody{ReadCloser: res.Body, b: b}
+	return res, nil
+}
+
+// activeBody ends a request's time in flight on its backend when reverse_proxy
+// closes the response body.
+type activeBody struct {
+	io.ReadCloser
+	b    *healthcheck.Backend
+	done atomic.Bool
+}
+
+func (a *activeBody) Close() error {
+	if !a.done.Swap(true) {
+		a.b.ReleaseActive()
+	}
+	return a.ReadCloser.Close()
+}
+
+// attempt sends one attempt of a request to b.
+func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.Backend) (*http.Response, error) {
 	if !t.h.replayable(req) {
 		res, err := t.inner.RoundTrip(req)
 		if err != nil {
