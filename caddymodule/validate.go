@@ -72,6 +72,7 @@ var countBounds = map[string]struct {
 	"max_held":       {1, MaxMaxHeld, "max_held"},
 	"retries":        {0, MaxRetries, "retries"},
 	"max_restarting": {1, MaxUpstreams, "max_restarting"},
+	"health_port":    {1, 65535, "health.port"},
 }
 
 // checkDuration checks a positive duration setting against its bounds; the
@@ -300,6 +301,9 @@ func (h *Handler) validate() error {
 		if err := validateCount("health_passes", c.Passes, true); err != nil {
 			return err
 		}
+		if err := validateCount("health_port", c.Port, true); err != nil {
+			return err
+		}
 	}
 	if err := h.validateRestarts(); err != nil {
 		return err
@@ -322,7 +326,7 @@ func (h *Handler) checkUpstreams() error {
 	case h.LoadBalancing != nil:
 		return fmt.Errorf("failover: load balancing (lb_*) is managed by failover; use retries, retry_methods, idempotency_key and hold")
 	case h.HealthChecks != nil:
-		return fmt.Errorf("failover: reverse_proxy health checks are replaced by failover's own; use health_uri, health_interval, health_timeout, health_fails, health_passes, health_status")
+		return fmt.Errorf("failover: reverse_proxy health checks are replaced by failover's own; use health (health_uri, health_interval, health_timeout, health_fails, health_passes, health_status, health_method, health_headers, health_request_body, health_port)")
 	}
 	for _, u := range h.Upstreams {
 		if u == nil {

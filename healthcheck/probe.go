@@ -23,13 +23,17 @@ const maxProbeBody = 64 << 10
 // so a crash (the kernel closes the socket) is seen at once, not at the
 // next beat: that is the crash watch.
 type prober struct {
-	p     *Pool
-	b     *Backend
-	cfg   Config
-	req   []byte // the heartbeat request, built once
-	dial  net.Dialer
-	timer *time.Timer
-	w     *watch
+	p   *Pool
+	b   *Backend
+	cfg Config
+	req []byte // the heartbeat request, built once
+	// reqHead is what the answer reader knows of the request (its method:
+	// an answer to HEAD has no body)
+	reqHead *http.Request
+	addr    string // where heartbeats go (see probeAddr)
+	dial    net.Dialer
+	timer   *time.Timer
+	w       *watch
 	// watchBeat is when a closed watch connection last caused a beat.
 	watchBeat time.Time
 	// forced: the last wake-up asked for a beat (kick, closed watch)
@@ -53,11 +57,8 @@ func (p *Pool) OnBeat(f func(b *Backend, e Evidence, latency time.Duration)) {
 }
 
 func newProber(p *Pool, b *Backend) *prober {
-	host := p.cfg.Host
-	if host == "" {
-		host = b.Addr
-	}
-	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: caddy-failover-heartbeat\r\nAccept: */*\r\n\r\n", p.cfg.Path, host)
+	addr := probeAddr(b.Addr, p.cfg.Port)
+	req := heartbeatRequest(p.cfg, addr)
 	cfg := p.cfg
 	if cfg.TLS != nil && cfg.TLS.ServerName == "" {
 		// as net/http does: verify the certificate for the host dialled
@@ -70,7 +71,7 @@ func newProber(p *Pool, b *Backend) *prober {
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t, onBeat: p.onBeat}
+	return &prober{p: p, b: b, cfg: cfg, req: req, reqHead: &http.Request{Method: cfg.Method}, addr: addr, timer: t, onBeat: p.onBeat}
 }
 
 func (pr *prober) run() {
@@ -271,7 +272,7 @@ func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale boo
 func (pr *prober) connect(deadline time.Time) error {
 	ctx, cancel := context.WithDeadline(pr.p.ctx, deadline)
 	defer cancel()
-	conn, err := pr.dial.DialContext(ctx, "tcp", pr.b.Addr)
+	conn, err := pr.dial.DialContext(ctx, "tcp", pr.addr)
 	if err != nil {
 		return err
 	}
@@ -283,7 +284,7 @@ func (pr *prober) connect(deadline time.Time) error {
 		}
 		conn = tc
 	}
-	pr.w = startWatch(conn)
+	pr.w = startWatch(conn, pr.reqHead)
 	return nil
 }
 
@@ -319,16 +320,17 @@ type readResult struct {
 	err    error
 }
 
-func startWatch(conn net.Conn) *watch {
+func startWatch(conn net.Conn, req *http.Request) *watch {
 	w := &watch{conn: conn, results: make(chan readResult, 1), done: make(chan struct{})}
-	go w.read()
+	go w.read(req)
 	return w
 }
 
-func (w *watch) read() {
+// read reads answers to req (shared, read-only) until the connection ends.
+func (w *watch) read(req *http.Request) {
 	br := bufio.NewReaderSize(w.conn, 4096)
 	for {
-		res, err := http.ReadResponse(br, nil)
+		res, err := http.ReadResponse(br, req)
 		if err != nil {
 			w.send(readResult{err: err})
 			return

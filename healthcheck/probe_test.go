@@ -108,24 +108,6 @@ func TestStatusRange(t *testing.T) {
 	}
 }
 
-func TestHeartbeatRequest(t *testing.T) {
-	type seen struct{ method, uri, proto, host, ua string }
-	got := make(chan seen, 100)
-	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
-		got <- seen{r.Method, r.RequestURI, r.Proto, r.Host, r.UserAgent()}
-	}))
-	t.Cleanup(srv.Close)
-	addr := srv.Listener.Addr().String()
-
-	_, rec := startPool(t, []string{addr}, Config{Interval: time.Hour})
-	rec.healthy(0)
-	assert.Equal(t, seen{"GET", "/", "HTTP/1.1", addr, "caddy-failover-heartbeat"}, <-got)
-
-	_, rec = startPool(t, []string{addr}, Config{Interval: time.Hour, Path: "/hc?deep=1", Host: "svc.internal"})
-	rec.healthy(0)
-	assert.Equal(t, seen{"GET", "/hc?deep=1", "HTTP/1.1", "svc.internal", "caddy-failover-heartbeat"}, <-got)
-}
-
 func TestTLS(t *testing.T) {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the failed handshakes below are expected
