@@ -115,6 +115,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if _, err := h.Health.engineConfig(); err != nil { // health_request_body with health_method
 		return hd.Errf("%v", err)
 	}
+	if err := h.checkHealthPort(); err != nil {
+		return hd.Errf("%v", err)
+	}
 	return nil
 }
 

@@ -270,7 +270,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 }
 
 // checkManagedFields refuses reverse_proxy settings that failover owns and
-// upstreams that are not one static TCP address each (see validate.go).
+// upstreams that are not one static TCP address or unix socket each (see
+// validate.go).
 func (h *Handler) checkManagedFields() error { return h.checkUpstreams() }
 
 // Validate checks failover's own settings against their bounds (see

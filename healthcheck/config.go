@@ -38,7 +38,8 @@ type Config struct {
 	// that carries one (not GET, HEAD, DELETE or TRACE). At most MaxBody.
 	Body string
 	// Port, when set, is probed on the backend's host instead of the
-	// backend's own port (a separate health listener). TCP backends only.
+	// backend's own port (a separate health listener). TCP backends only:
+	// a unix socket has no port (and keeps its own address).
 	Port int
 	// Interval between beats (jittered by ±10%).
 	Interval time.Duration

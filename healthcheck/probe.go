@@ -30,7 +30,8 @@ type prober struct {
 	// reqHead is what the answer reader knows of the request (its method:
 	// an answer to HEAD has no body)
 	reqHead *http.Request
-	addr    string // where heartbeats go (see probeAddr)
+	network string // where heartbeats go (see probeTarget)
+	addr    string
 	dial    net.Dialer
 	timer   *time.Timer
 	w       *watch
@@ -57,21 +58,22 @@ func (p *Pool) OnBeat(f func(b *Backend, e Evidence, latency time.Duration)) {
 }
 
 func newProber(p *Pool, b *Backend) *prober {
-	addr := probeAddr(b.Addr, p.cfg.Port)
-	req := heartbeatRequest(p.cfg, addr)
+	network, addr, host := probeTarget(b.Addr, p.cfg.Port)
+	req := heartbeatRequest(p.cfg, host)
 	cfg := p.cfg
 	if cfg.TLS != nil && cfg.TLS.ServerName == "" {
 		// as net/http does: verify the certificate for the host dialled
 		// (without a ServerName, crypto/tls refuses to verify at all)
 		cfg.TLS = cfg.TLS.Clone()
-		cfg.TLS.ServerName = b.Addr
-		if h, _, err := net.SplitHostPort(b.Addr); err == nil {
+		cfg.TLS.ServerName = host
+		if h, _, err := net.SplitHostPort(host); err == nil {
 			cfg.TLS.ServerName = h
 		}
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &prober{p: p, b: b, cfg: cfg, req: req, reqHead: &http.Request{Method: cfg.Method}, addr: addr, timer: t, onBeat: p.onBeat}
+	return &prober{p: p, b: b, cfg: cfg, req: req, reqHead: &http.Request{Method: cfg.Method},
+		network: network, addr: addr, timer: t, onBeat: p.onBeat}
 }
 
 func (pr *prober) run() {
@@ -272,7 +274,7 @@ func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale boo
 func (pr *prober) connect(deadline time.Time) error {
 	ctx, cancel := context.WithDeadline(pr.p.ctx, deadline)
 	defer cancel()
-	conn, err := pr.dial.DialContext(ctx, "tcp", pr.addr)
+	conn, err := pr.dial.DialContext(ctx, pr.network, pr.addr)
 	if err != nil {
 		return err
 	}
@@ -296,10 +298,11 @@ func (pr *prober) drop() {
 }
 
 // connEvidence judges a connection failure: refused or reset proves the
-// process is not there; anything else (a timeout, an unreachable host) may
-// be a hang or the network.
+// process is not there, and so does a unix socket's file gone (ENOENT);
+// anything else (a timeout, an unreachable host) may be a hang or the
+// network.
 func connEvidence(err error) Evidence {
-	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ENOENT) {
 		return Gone
 	}
 	return Miss

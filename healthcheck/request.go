@@ -61,15 +61,27 @@ func heartbeatRequest(cfg Config, host string) []byte {
 	return append(b, cfg.Body...)
 }
 
-// probeAddr is the address heartbeats of a backend at addr go to: addr,
-// or addr's host at port when port is set.
-func probeAddr(addr string, port int) string {
-	if port == 0 {
-		return addr
+// probeTarget is where heartbeats of a backend at addr go, and the Host
+// header they carry unless one is configured. addr is host:port, or
+// network/address as Caddy writes dial addresses: tcp4/host:port, or
+// unix//run/app.sock for a unix socket (whose Host is localhost). port,
+// when set, replaces a TCP address's port.
+func probeTarget(addr string, port int) (network, address, host string) {
+	network, address = "tcp", addr
+	if n, rest, ok := strings.Cut(addr, "/"); ok {
+		switch n = strings.ToLower(strings.TrimSpace(n)); n { // as Caddy reads them
+		case "unix":
+			return n, rest, "localhost"
+		case "tcp", "tcp4", "tcp6":
+			network, address = n, rest
+		}
 	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		host = addr
+	if port != 0 {
+		h, _, err := net.SplitHostPort(address)
+		if err != nil {
+			h = address
+		}
+		address = net.JoinHostPort(h, strconv.Itoa(port))
 	}
-	return net.JoinHostPort(host, strconv.Itoa(port))
+	return network, address, address
 }
