@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/crashonly/caddy-failover/caddymodule/restart"
 	"github.com/crashonly/caddy-failover/caddymodule/spawn"
+	"github.com/crashonly/caddy-failover/healthcheck"
 )
 
 func init() {
@@ -42,6 +44,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		health_fails <n>
 //		health_passes <n>
 //		health_status <code|2xx>
+//		health_method <method>
+//		health_headers {
+//			<name> [<values...>]
+//		}
+//		health_request_body <body>
+//		health_port <port>
 //		hold <duration>
 //		max_held <n>
 //		retries <n>
@@ -104,7 +112,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := checkHeldBodies(h.MaxHeld, h.RequestBuffers); err != nil {
 		return hd.Errf("%v", err)
 	}
+	if _, err := h.Health.engineConfig(); err != nil { // health_request_body with health_method
+		return hd.Errf("%v", err)
+	}
+	if err := h.checkHealthPort(); err != nil {
+		return hd.Errf("%v", err)
+	}
 	return nil
+}
+
+// parseHealthHeaders reads health_headers' block, as reverse_proxy does:
+// a line per header, its values after its name (none: one empty value).
+func parseHealthHeaders(d *caddyfile.Dispenser) (http.Header, error) {
+	if d.NextArg() {
+		return nil, d.Errf("health_headers %q: takes a block, { <name> [<values...>] } per line", d.Val())
+	}
+	hdr := make(http.Header)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		values := d.RemainingArgs()
+		if len(values) == 0 {
+			values = []string{""}
+		}
+		hdr[name] = append(hdr[name], values...)
+		if err := (healthcheck.Config{Headers: http.Header{name: hdr[name]}}).Validate(); err != nil {
+			return nil, d.Errf("health_headers: %v", err)
+		}
+	}
+	if len(hdr) == 0 {
+		return nil, d.Errf("health_headers: expected a block with at least one header, { <name> [<values...>] } per line")
+	}
+	return hdr, nil
 }
 
 // line is the current subdirective with the rest of its line, for errors.
@@ -167,7 +205,7 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 		default:
 			h.SlowStart = caddy.Duration(dur)
 		}
-	case "health_fails", "health_passes", "retries", "max_held", "max_restarting":
+	case "health_fails", "health_passes", "health_port", "retries", "max_held", "max_restarting":
 		v, err := oneArg(d)
 		if err != nil {
 			return true, err
@@ -186,6 +224,8 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			health().Fails = n
 		case "health_passes":
 			health().Passes = n
+		case "health_port":
+			health().Port = n
 		case "retries":
 			h.Retries = &n
 		case "max_restarting":
@@ -202,6 +242,33 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			return true, d.Errf("health_status %q: %v", v, err)
 		}
 		health().Status = v
+	case "health_method":
+		v, err := oneArg(d)
+		if err != nil {
+			return true, err
+		}
+		v = strings.ToUpper(v) // as retry_methods
+		if err := (healthcheck.Config{Method: v}).Validate(); err != nil {
+			return true, d.Errf("health_method: %v", err)
+		}
+		health().Method = v
+	case "health_headers":
+		hdr, err := parseHealthHeaders(d)
+		if err != nil {
+			return true, err
+		}
+		health().Headers = hdr
+	case "health_request_body":
+		v, err := oneArg(d)
+		if err != nil {
+			return true, err
+		}
+		if len(v) > healthcheck.MaxBody {
+			return true, d.Errf("health_request_body: %d bytes, at most %d (64KiB) allowed", len(v), healthcheck.MaxBody)
+		}
+		health().Body = v // with a method that carries it: checked at the end
+	case "health_body":
+		return true, d.Errf("%s: reverse_proxy's expected response body is not checked by failover (a heartbeat is judged by its status: health_status); to send a request body, use health_request_body", line(d))
 	case "retry_methods":
 		methods := d.RemainingArgs()
 		if len(methods) == 0 {
@@ -267,8 +334,7 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 	case "dynamic":
 		return true, d.Errf("%s: dynamic upstreams are not supported (yet); list the upstreams, or let spawn give them", line(d))
 	case "lb_policy", "lb_retries", "lb_try_duration", "lb_try_interval", "lb_retry_match",
-		"health_port", "health_upstream", "health_headers", "health_method", "health_request_body",
-		"health_body", "health_follow_redirects", "health_path",
+		"health_upstream", "health_follow_redirects", "health_path",
 		"fail_duration", "max_fails", "unhealthy_status", "unhealthy_latency", "unhealthy_request_count":
 		return true, d.Errf("%s: managed by failover, not available in a failover block (see retries, hold and the health_* subdirectives)", line(d))
 	default:

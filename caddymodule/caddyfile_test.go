@@ -200,7 +200,10 @@ func TestCaddyfileBadValues(t *testing.T) {
 		{"managed lb_policy", "lb_policy first", "lb_policy", "first"},
 		{"managed lb_retries", "lb_retries 3", "lb_retries", "3"},
 		{"managed lb_try_duration", "lb_try_duration 5s", "lb_try_duration", "5s"},
-		{"managed health_port", "health_port 80", "health_port", "80"},
+		{"managed health_upstream", "health_upstream 127.0.0.1:81", "health_upstream", "127.0.0.1:81"},
+		{"health_port 0", "health_port 0", "health_port", "0"},
+		{"health_method not a token", "health_method G/ET", "health_method", "G/ET"},
+		{"health_body", "health_body ok", "health_body", "health_request_body"},
 		{"managed health_path", "health_path /health", "health_path", "/health"},
 		{"managed fail_duration", "fail_duration 10s", "fail_duration", "10s"},
 		{"managed max_fails", "max_fails 3", "max_fails", "3"},
@@ -252,6 +255,10 @@ func TestCaddyfileRepeatedSubdirective(t *testing.T) {
 		{"max_restarting twice", "max_restarting 1\n\t\tmax_restarting 2", "max_restarting", "already specified", 4},
 		{"restart_crashed twice", "restart_crashed\n\t\trestart_crashed off", "restart_crashed", "already specified", 4},
 		{"slow_start twice", "slow_start 1s\n\t\tslow_start 2s", "slow_start", "already specified", 4},
+		{"health_method twice", "health_method GET\n\t\thealth_method HEAD", "health_method", "already specified", 4},
+		{"health_headers twice", "health_headers {\n\t\t\tX-A a\n\t\t}\n\t\thealth_headers {\n\t\t\tX-B b\n\t\t}", "health_headers", "already specified", 6},
+		{"health_request_body twice", "health_method POST\n\t\thealth_request_body a\n\t\thealth_request_body b", "health_request_body", "already specified", 5},
+		{"health_port twice", "health_port 81\n\t\thealth_port 82", "health_port", "already specified", 4},
 		{"retry_methods method twice", "retry_methods GET\n\t\tretry_methods get", "retry_methods", "listed twice", 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -160,6 +160,18 @@ type HealthConfig struct {
 	// Expected status: a code (200) or a class (2xx). Default 2xx when
 	// uri is set.
 	Status string `json:"status,omitempty"`
+	// Method of the heartbeat request, an RFC 9110 token. Default GET.
+	Method string `json:"method,omitempty"`
+	// Headers of the heartbeat request. A Host entry sets the Host header
+	// (default: the address probed); User-Agent and Accept replace the
+	// defaults; Content-Length and Transfer-Encoding are not allowed.
+	Headers http.Header `json:"headers,omitempty"`
+	// Body of the heartbeat request, sent with Content-Length, at most
+	// 64KiB; only with a method that carries one, like POST or PUT.
+	Body string `json:"body,omitempty"`
+	// Port probed on each upstream's host instead of the upstream's own
+	// (a separate health listener). Default: the upstream's port.
+	Port int `json:"port,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -258,7 +270,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 }
 
 // checkManagedFields refuses reverse_proxy settings that failover owns and
-// upstreams that are not one static TCP address each (see validate.go).
+// upstreams that are not one static TCP address or unix socket each (see
+// validate.go).
 func (h *Handler) checkManagedFields() error { return h.checkUpstreams() }
 
 // Validate checks failover's own settings against their bounds (see

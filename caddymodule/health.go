@@ -21,6 +21,10 @@ func (c *HealthConfig) engineConfig() (healthcheck.Config, error) {
 		Timeout:  time.Duration(c.Timeout),
 		Fails:    c.Fails,
 		Passes:   c.Passes,
+		Method:   c.Method,
+		Headers:  c.Headers,
+		Body:     c.Body,
+		Port:     c.Port,
 	}
 	if c.Status != "" {
 		lo, hi, err := parseStatus(c.Status)

@@ -41,8 +41,8 @@ func (p runningPool) Destruct() error {
 }
 
 func poolKey(addrs []string, cfg healthcheck.Config, tlsKey string) string {
-	return fmt.Sprintf("%q path=%q host=%q interval=%v timeout=%v fails=%d passes=%d status=%d-%d tls=%s",
-		addrs, cfg.Path, cfg.Host, cfg.Interval, cfg.Timeout, cfg.Fails, cfg.Passes, cfg.StatusMin, cfg.StatusMax, tlsKey)
+	return fmt.Sprintf("%q path=%q method=%q headers=%q body=%q port=%d interval=%v timeout=%v fails=%d passes=%d status=%d-%d tls=%s",
+		addrs, cfg.Path, cfg.Method, cfg.Headers, cfg.Body, cfg.Port, cfg.Interval, cfg.Timeout, cfg.Fails, cfg.Passes, cfg.StatusMin, cfg.StatusMax, tlsKey)
 }
 
 // acquirePool returns the pool of key, making one that probes nothing

@@ -26,6 +26,12 @@ func (s *selector) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ htt
 		defer putRequestState(st)
 	}
 	h := s.h
+	if st.stopped {
+		// reverse_proxy tries again after a dial error (a replay) whatever
+		// Select said, up to its retries; an address it cannot dial ends
+		// its loop at once
+		return endLoop
+	}
 	for !st.stopped {
 		if st.attempts-st.free > h.retries {
 			break
@@ -57,6 +63,9 @@ func (s *selector) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ htt
 	st.current = nil
 	return nil
 }
+
+// endLoop is an upstream reverse_proxy cannot make a dial address of.
+var endLoop = &reverseproxy.Upstream{Dial: "failover.stopped:1-2"}
 
 // pick returns the next backend in service that st has not failed on, or -1.
 // A backend on probation (slow start) takes only its share of its turns,

@@ -170,10 +170,16 @@ func (st *requestState) freeAttempt(hold time.Duration) {
 	}
 }
 
-// refused reports a connection refused. reverse_proxy's DialError (v2.11.9)
-// does not unwrap, so past it the errno is known only by its text.
+// refused reports a connection refused, or a unix socket's file gone.
+// reverse_proxy's DialError (v2.11.9) does not unwrap, so past it the errno
+// is known only by its text.
 func refused(err error) bool {
-	return errors.Is(err, syscall.ECONNREFUSED) || strings.HasSuffix(err.Error(), syscall.ECONNREFUSED.Error())
+	for _, errno := range [...]syscall.Errno{syscall.ECONNREFUSED, syscall.ENOENT} {
+		if errors.Is(err, errno) || strings.HasSuffix(err.Error(), errno.Error()) {
+			return true
+		}
+	}
+	return false
 }
 
 func isTimeout(err error) bool {

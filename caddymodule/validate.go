@@ -72,6 +72,7 @@ var countBounds = map[string]struct {
 	"max_held":       {1, MaxMaxHeld, "max_held"},
 	"retries":        {0, MaxRetries, "retries"},
 	"max_restarting": {1, MaxUpstreams, "max_restarting"},
+	"health_port":    {1, 65535, "health.port"},
 }
 
 // checkDuration checks a positive duration setting against its bounds; the
@@ -300,6 +301,9 @@ func (h *Handler) validate() error {
 		if err := validateCount("health_passes", c.Passes, true); err != nil {
 			return err
 		}
+		if err := validateCount("health_port", c.Port, true); err != nil {
+			return err
+		}
 	}
 	if err := h.validateRestarts(); err != nil {
 		return err
@@ -322,7 +326,7 @@ func (h *Handler) checkUpstreams() error {
 	case h.LoadBalancing != nil:
 		return fmt.Errorf("failover: load balancing (lb_*) is managed by failover; use retries, retry_methods, idempotency_key and hold")
 	case h.HealthChecks != nil:
-		return fmt.Errorf("failover: reverse_proxy health checks are replaced by failover's own; use health_uri, health_interval, health_timeout, health_fails, health_passes, health_status")
+		return fmt.Errorf("failover: reverse_proxy health checks are replaced by failover's own; use health (health_uri, health_interval, health_timeout, health_fails, health_passes, health_status, health_method, health_headers, health_request_body, health_port)")
 	}
 	for _, u := range h.Upstreams {
 		if u == nil {
@@ -332,10 +336,25 @@ func (h *Handler) checkUpstreams() error {
 			return fmt.Errorf("failover: upstream %q: %v", u.Dial, err)
 		}
 	}
+	return h.checkHealthPort()
+}
+
+// checkHealthPort refuses health_port with a unix socket upstream: it has
+// no port to replace.
+func (h *Handler) checkHealthPort() error {
+	if h.Health == nil || h.Health.Port == 0 {
+		return nil
+	}
+	for _, u := range h.Upstreams {
+		if na, err := caddy.ParseNetworkAddress(u.Dial); err == nil && na.IsUnixNetwork() {
+			return fmt.Errorf("failover: upstream %q: a unix socket has no port to replace with health.port (health_port) %d; give the unix socket upstreams a failover of their own", u.Dial, h.Health.Port)
+		}
+	}
 	return nil
 }
 
-// checkDial checks that an upstream's dial address is one TCP host:port.
+// checkDial checks that an upstream's dial address is one TCP host:port,
+// or a unix socket (unix//path, as reverse_proxy writes it).
 func checkDial(dial string) error {
 	if strings.Contains(dial, "{") {
 		return fmt.Errorf("placeholders are not supported in upstream addresses")
@@ -344,8 +363,14 @@ func checkDial(dial string) error {
 	if err != nil {
 		return err
 	}
+	if na.Network == "unix" {
+		if na.Host == "" {
+			return fmt.Errorf("a unix socket without a path: want unix//path/to/app.sock")
+		}
+		return nil
+	}
 	if na.Network != "tcp" {
-		return fmt.Errorf("only TCP upstreams are supported (want host:port)")
+		return fmt.Errorf("network %s: only TCP and unix socket upstreams are supported (want host:port or unix//path/to/app.sock)", na.Network)
 	}
 	if _, after, ok := strings.Cut(dial, "/"); ok {
 		dial = after // tcp/host:port

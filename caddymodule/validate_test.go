@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -155,6 +156,81 @@ func TestBadValuesCaddyfileAndJSON(t *testing.T) {
 			name:     "retry method listed twice",
 			json:     up + `,"retry_methods":["GET","GET"]`,
 			jsonWant: []string{"retry_methods", `"GET"`, "listed twice"},
+		},
+		{
+			name:  "health_method not a token",
+			lines: []string{`health_method "GE T"`}, cfWant: []string{"health_method", `"GE T"`, "RFC 9110 token"},
+			json: up + `,"health":{"method":"GE T"}`, jsonWant: []string{"health", "method", `"GE T"`, "RFC 9110 token"},
+		},
+		{
+			name:  "health_method CONNECT",
+			lines: []string{`health_method connect`}, cfWant: []string{"health_method", "CONNECT", "GET, HEAD or POST"},
+			json: up + `,"health":{"method":"CONNECT"}`, jsonWant: []string{"health", "CONNECT", "GET, HEAD or POST"},
+		},
+		{
+			name:  "health header name not a token",
+			lines: []string{"health_headers {", "\t\"X Y\" a", "}"}, cfWant: []string{"health_headers", `"X Y"`, "token"},
+			json: up + `,"health":{"headers":{"X Y":["a"]}}`, jsonWant: []string{"health", `"X Y"`, "token"},
+		},
+		{
+			name:  "health header value with a newline",
+			lines: []string{"health_headers {", "\tX-A \"a\nb\"", "}"}, cfWant: []string{"health_headers", "X-A", `"a\nb"`, "CR, LF, NUL"},
+			json: up + `,"health":{"headers":{"X-A":["a\r\nEvil: 1"]}}`, jsonWant: []string{"health", "X-A", `"a\r\nEvil: 1"`, "CR, LF, NUL"},
+		},
+		{
+			name: "health header value with a NUL",
+			json: up + `,"health":{"headers":{"X-A":["a\u0000b"]}}`, jsonWant: []string{"health", "X-A", `"a\x00b"`, "CR, LF, NUL"},
+		},
+		{
+			name:  "health header Content-Length",
+			lines: []string{"health_headers {", "\tContent-Length 3", "}"}, cfWant: []string{"health_headers", "Content-Length", "from its body"},
+			json: up + `,"health":{"headers":{"content-length":["3"]}}`, jsonWant: []string{"health", "content-length", "from its body"},
+		},
+		{
+			name:  "health header Host twice",
+			lines: []string{"health_headers {", "\tHost a", "\thost b", "}"}, cfWant: []string{"Host given 2 times", "one host name"},
+			json: up + `,"health":{"headers":{"Host":["a","b"]}}`, jsonWant: []string{"health", "Host given 2 times", "one host name"},
+		},
+		{
+			name:  "health_headers with an argument",
+			lines: []string{"health_headers X-A"}, cfWant: []string{"health_headers", `"X-A"`, "takes a block"},
+		},
+		{
+			name:  "health_headers with an empty block",
+			lines: []string{"health_headers {", "}"}, cfWant: []string{"health_headers", "at least one header"},
+		},
+		{
+			name:  "health_request_body above 64KiB",
+			lines: []string{"health_method POST", "health_request_body " + strings.Repeat("x", 64<<10+1)}, cfWant: []string{"health_request_body", "65537 bytes", "64KiB"},
+			json: up + `,"health":{"method":"POST","body":"` + strings.Repeat("x", 64<<10+1) + `"}`, jsonWant: []string{"health", "body", "65537 bytes", "64KiB"},
+		},
+		{
+			name:  "health_request_body with GET",
+			lines: []string{"health_request_body hi"}, cfWant: []string{"body with method GET", "POST or PUT"},
+			json: up + `,"health":{"body":"hi"}`, jsonWant: []string{"health", "body with method GET", "POST or PUT"},
+		},
+		{
+			name:  "health_request_body with HEAD",
+			lines: []string{"health_method HEAD", "health_request_body hi"}, cfWant: []string{"body with method HEAD", "POST or PUT"},
+			json: up + `,"health":{"method":"HEAD","body":"hi"}`, jsonWant: []string{"health", "body with method HEAD", "POST or PUT"},
+		},
+		{
+			name:  "health_port 0",
+			lines: []string{"health_port 0"}, cfWant: []string{"health_port", `"0"`, "from 1 to 65535"},
+			json: up + `,"health":{"port":-1}`, jsonWant: []string{"health.port", "health_port", "-1", "from 1 to 65535", "0 for the default"},
+		},
+		{
+			name:  "health_port above 65535",
+			lines: []string{"health_port 65536"}, cfWant: []string{"health_port", `"65536"`, "from 1 to 65535"},
+			json: up + `,"health":{"port":65536}`, jsonWant: []string{"health.port", "65536", "from 1 to 65535"},
+		},
+		{
+			name:  "health_port not a number",
+			lines: []string{"health_port http"}, cfWant: []string{"health_port", `"http"`, "from 1 to 65535"},
+		},
+		{
+			name:  "health_body is reverse_proxy's expected body",
+			lines: []string{"health_body ok"}, cfWant: []string{"health_body ok", "not checked by failover", "health_request_body"},
 		},
 		{
 			name:  "dynamic upstreams",

@@ -3,8 +3,11 @@ package healthcheck
 import (
 	"crypto/tls"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Defaults, chosen so that a hang is noticed in well under a second while a
@@ -14,6 +17,9 @@ const (
 	DefaultTimeout  = 200 * time.Millisecond
 	DefaultFails    = 2
 	DefaultPasses   = 1
+	DefaultMethod   = http.MethodGet
+	// MaxBody bounds a heartbeat's request body.
+	MaxBody = 64 << 10
 )
 
 // Config says how heartbeats are sent and judged. Zero fields take defaults
@@ -22,8 +28,19 @@ type Config struct {
 	// Path of the heartbeat request. Empty means "/" with any status below
 	// 500 accepted: a backend that answers at all is alive.
 	Path string
-	// Host header of heartbeats; empty means the backend's address.
-	Host string
+	// Method of heartbeats; empty means GET.
+	Method string
+	// Headers of heartbeats. A Host entry sets the Host header (default:
+	// the address probed); User-Agent and Accept replace the defaults.
+	// Content-Length and Transfer-Encoding are the heartbeat's own.
+	Headers http.Header
+	// Body of heartbeats, sent with Content-Length; only with a method
+	// that carries one (not GET, HEAD, DELETE or TRACE). At most MaxBody.
+	Body string
+	// Port, when set, is probed on the backend's host instead of the
+	// backend's own port (a separate health listener). TCP backends only:
+	// a unix socket has no port (and keeps its own address).
+	Port int
 	// Interval between beats (jittered by ±10%).
 	Interval time.Duration
 	// Timeout for one beat, connect included.
@@ -66,6 +83,9 @@ func (c Config) WithDefaults() Config {
 	if c.Path == "" {
 		c.Path = "/"
 	}
+	if c.Method == "" {
+		c.Method = DefaultMethod
+	}
 	return c
 }
 
@@ -100,8 +120,28 @@ func (c Config) Validate() error {
 		return fmt.Errorf("path %q: must start with /", c.Path)
 	case hasControl(c.Path) || strings.Contains(c.Path, " "):
 		return fmt.Errorf("path %q: must not contain spaces or control characters", c.Path)
-	case hasControl(c.Host) || strings.ContainsAny(c.Host, " /"):
-		return fmt.Errorf("host %q: must be a host name (no spaces, slashes or control characters)", c.Host)
+	case c.Method != "" && !httpguts.ValidHeaderFieldName(c.Method):
+		return fmt.Errorf("method %q is not an HTTP method: want an RFC 9110 token such as GET, HEAD or POST", c.Method)
+	case c.Method == http.MethodConnect:
+		return fmt.Errorf("method CONNECT opens a tunnel, it cannot be a heartbeat: want a method such as GET, HEAD or POST")
+	case len(c.Body) > MaxBody:
+		return fmt.Errorf("body of %d bytes: at most %d (64KiB) allowed", len(c.Body), MaxBody)
+	case c.Body != "" && !takesBody(c.method()):
+		return fmt.Errorf("body with method %s, which carries none: want a method such as POST or PUT", c.method())
+	case c.Port < 0 || c.Port > 65535:
+		return fmt.Errorf("port %d: want a port from 1 to 65535 (0: the backend's own)", c.Port)
+	}
+	hosts := 0
+	for name, values := range c.Headers {
+		if err := checkHeader(name, values); err != nil {
+			return err
+		}
+		if http.CanonicalHeaderKey(name) == "Host" {
+			hosts += len(values)
+		}
+	}
+	if hosts > 1 {
+		return fmt.Errorf("header Host given %d times: want one host name", hosts)
 	}
 	return nil
 }
@@ -110,6 +150,47 @@ func (c Config) Validate() error {
 // or DEL): in a request line or header it would end or corrupt it.
 func hasControl(s string) bool {
 	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
+}
+
+// checkHeader checks one heartbeat header and its values.
+func checkHeader(name string, values []string) error {
+	if !httpguts.ValidHeaderFieldName(name) {
+		return fmt.Errorf("header name %q is not an RFC 9110 token (letters, digits and !#$%%&'*+-.^_`|~)", name)
+	}
+	for _, v := range values {
+		if !httpguts.ValidHeaderFieldValue(v) {
+			return fmt.Errorf("header %s value %q: control characters (CR, LF, NUL...) are not allowed", name, v)
+		}
+	}
+	switch http.CanonicalHeaderKey(name) {
+	case "Content-Length", "Transfer-Encoding":
+		return fmt.Errorf("header %s is set by the heartbeat itself, from its body", name)
+	case "Host":
+		for _, v := range values {
+			if v == "" || !httpguts.ValidHostHeader(v) || strings.ContainsAny(v, " /") {
+				return fmt.Errorf("header Host %q: want a host name, with or without a port", v)
+			}
+		}
+	}
+	return nil
+}
+
+func (c Config) method() string {
+	if c.Method == "" {
+		return DefaultMethod
+	}
+	return c.Method
+}
+
+// takesBody reports whether a heartbeat may carry a body with method m
+// (RFC 9110 §9.3: GET, HEAD and DELETE content has no meaning, and TRACE
+// must have none).
+func takesBody(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodDelete, http.MethodTrace, http.MethodConnect:
+		return false
+	}
+	return true
 }
 
 func (c Config) statusOK(code int) bool { return code >= c.StatusMin && code <= c.StatusMax }

@@ -2,6 +2,8 @@ package healthcheck
 
 import (
 	"encoding/json"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ func TestWithDefaults(t *testing.T) {
 	assert.Equal(t, 2, c.Fails)
 	assert.Equal(t, 1, c.Passes)
 	assert.Equal(t, "/", c.Path)
+	assert.Equal(t, "GET", c.Method)
 	// no path: a backend that answers at all (below 500) is alive
 	assert.Equal(t, 100, c.StatusMin)
 	assert.Equal(t, 499, c.StatusMax)
@@ -26,7 +29,7 @@ func TestWithDefaults(t *testing.T) {
 	assert.Equal(t, 200, c.StatusMin, "a health path must answer 2xx")
 	assert.Equal(t, 299, c.StatusMax)
 
-	set := Config{Path: "/hc", Host: "h", Interval: time.Second, Timeout: 3 * time.Second, Fails: 5, Passes: 4, StatusMin: 418, StatusMax: 418}
+	set := Config{Path: "/hc", Method: "POST", Headers: http.Header{"Host": {"h"}}, Body: "{}", Port: 8081, Interval: time.Second, Timeout: 3 * time.Second, Fails: 5, Passes: 4, StatusMin: 418, StatusMax: 418}
 	assert.Equal(t, set, set.WithDefaults(), "set fields are kept")
 
 	p := NewPool(nil, Config{}, nil)
@@ -41,7 +44,14 @@ func TestValidate(t *testing.T) {
 		{StatusMin: 200, StatusMax: 599},
 		{StatusMin: 0, StatusMax: 300},
 		{StatusMin: 418, StatusMax: 418},
-		{Path: "/héalth?x=1&y=%20", Host: "svc.internal:8080"},
+		{Path: "/héalth?x=1&y=%20"},
+		{Method: "HEAD"},
+		{Method: "PURGE", Body: "x"},
+		{Method: "POST", Body: strings.Repeat("x", MaxBody)},
+		{Headers: http.Header{"Host": {"svc.internal:8080"}, "x-token": {"a", "b"}, "Empty": {""}, "Tab": {"a\tb"}}},
+		{Headers: http.Header{"host": {"[::1]:80"}}},
+		{Port: 1},
+		{Port: 65535},
 	} {
 		assert.NoError(t, c.Validate(), "%+v", c)
 		assert.NoError(t, c.WithDefaults().Validate(), "defaults of %+v", c)
@@ -72,11 +82,44 @@ func TestValidate(t *testing.T) {
 		{Config{Path: "/a\x1f"}, `path "/a\x1f": must not contain spaces or control characters`},
 		{Config{Path: "/a\x7f"}, `path "/a\x7f": must not contain spaces or control characters`},
 		{Config{Path: "/a\t"}, `path "/a\t": must not contain spaces or control characters`},
-		{Config{Host: "a b"}, `host "a b": must be a host name (no spaces, slashes or control characters)`},
-		{Config{Host: "a/b"}, `host "a/b": must be a host name (no spaces, slashes or control characters)`},
-		{Config{Host: "a\x00"}, `host "a\x00": must be a host name (no spaces, slashes or control characters)`},
+		{Config{Headers: http.Header{"Host": {"a b"}}}, `header Host "a b": want a host name, with or without a port`},
+		{Config{Headers: http.Header{"Host": {"a/b"}}}, `header Host "a/b": want a host name, with or without a port`},
+		{Config{Headers: http.Header{"Host": {"a\x00"}}}, `header Host value "a\x00": control characters (CR, LF, NUL...) are not allowed`},
 	} {
 		assert.EqualError(t, c.cfg.Validate(), c.err, "%+v", c.cfg)
+	}
+	// each error names the value and what is allowed
+	for _, c := range []struct {
+		cfg  Config
+		want []string
+	}{
+		{Config{Method: "GE T"}, []string{`method "GE T"`, "RFC 9110 token"}},
+		{Config{Method: "G:"}, []string{`method "G:"`, "RFC 9110 token"}},
+		{Config{Method: "CONNECT"}, []string{"CONNECT", "GET, HEAD or POST"}},
+		{Config{Headers: http.Header{"X Y": {"a"}}}, []string{`header name "X Y"`, "token"}},
+		{Config{Headers: http.Header{"": {"a"}}}, []string{`header name ""`, "token"}},
+		{Config{Headers: http.Header{"X": {"a\r\nEvil: 1"}}}, []string{"header X", `"a\r\nEvil: 1"`, "CR, LF, NUL"}},
+		{Config{Headers: http.Header{"X": {"a\nb"}}}, []string{"header X", "CR, LF, NUL"}},
+		{Config{Headers: http.Header{"X": {"a\x00b"}}}, []string{"header X", "CR, LF, NUL"}},
+		{Config{Headers: http.Header{"content-length": {"3"}}}, []string{"content-length", "from its body"}},
+		{Config{Headers: http.Header{"Transfer-Encoding": {"chunked"}}}, []string{"Transfer-Encoding", "from its body"}},
+		{Config{Headers: http.Header{"Host": {"a", "b"}}}, []string{"Host given 2 times", "one host name"}},
+		{Config{Headers: http.Header{"Host": {"a"}, "host": {"b"}}}, []string{"Host given 2 times", "one host name"}},
+		{Config{Headers: http.Header{"Host": {"a/b"}}}, []string{"Host", `"a/b"`, "a host name"}},
+		{Config{Headers: http.Header{"Host": {"a b"}}}, []string{"Host", `"a b"`, "a host name"}},
+		{Config{Headers: http.Header{"Host": {""}}}, []string{"Host", `""`, "a host name"}},
+		{Config{Method: "POST", Body: strings.Repeat("x", MaxBody+1)}, []string{"65537 bytes", "64KiB"}},
+		{Config{Body: "x"}, []string{"body", "GET", "POST or PUT"}},
+		{Config{Method: "HEAD", Body: "x"}, []string{"body", "HEAD", "POST or PUT"}},
+		{Config{Port: -1}, []string{"port -1", "1 to 65535"}},
+		{Config{Port: 65536}, []string{"port 65536", "1 to 65535"}},
+	} {
+		err := c.cfg.Validate()
+		if assert.Error(t, err, "%+v", c.cfg) {
+			for _, w := range c.want {
+				assert.Contains(t, err.Error(), w)
+			}
+		}
 	}
 }
 

@@ -140,7 +140,7 @@ func TestHostileAnswerIsBounded(t *testing.T) {
 			require.NoError(t, conn.(*net.TCPConn).SetReadBuffer(4096))
 			_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 			require.NoError(t, err)
-			w := startWatch(conn)
+			w := startWatch(conn, &http.Request{Method: http.MethodGet})
 			var r readResult
 			select {
 			case r = <-w.results:

@@ -92,11 +92,11 @@ func TestDrainFromAnyStateAndBetweenHolds(t *testing.T) {
 	rs := &recordingRestarter{}
 	p.SetRestartPolicy(RestartPolicy{Restarter: rs, After: time.Millisecond})
 	feed(p, bs[1], Pass)                      // healthy
-	feed(p, bs[2], Gone)                      // ejected
+	feed(p, bs[2], Pass, Gone)                // ejected
 	feed(p, bs[3], Miss, Miss)                // ejected(hang) ...
 	p.restartRound(time.Now().Add(time.Hour)) // ... restarting
 	requireState(t, bs[3], Restarting, Hang)
-	feed(p, bs[4], Gone, Pass) // probation
+	feed(p, bs[4], Pass, Gone, Pass) // probation
 	requireState(t, bs[4], Probation, ReasonNone)
 	for _, b := range bs {
 		p.Drain(b)

@@ -46,8 +46,8 @@ type Pool struct {
 	closed  bool
 }
 
-// NewPool makes a pool of backends at addrs (host:port). Nothing runs until
-// Start.
+// NewPool makes a pool of backends at addrs (host:port, or unix//path: see
+// probeTarget). Nothing runs until Start.
 func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 	if log == nil {
 		log = zap.NewNop()

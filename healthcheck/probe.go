@@ -35,13 +35,18 @@ var errHeadTooLong = fmt.Errorf("status line and headers over %d bytes", maxProb
 // so a crash (the kernel closes the socket) is seen at once, not at the
 // next beat: that is the crash watch.
 type prober struct {
-	p     *Pool
-	b     *Backend
-	cfg   Config
-	req   []byte // the heartbeat request, built once
-	dial  net.Dialer
-	timer *time.Timer
-	w     *watch
+	p   *Pool
+	b   *Backend
+	cfg Config
+	req []byte // the heartbeat request, built once
+	// reqHead is what the answer reader knows of the request (its method:
+	// an answer to HEAD has no body)
+	reqHead *http.Request
+	network string // where heartbeats go (see probeTarget)
+	addr    string
+	dial    net.Dialer
+	timer   *time.Timer
+	w       *watch
 	// watchBeat is when a closed watch connection last caused a beat.
 	watchBeat time.Time
 	// forced: the last wake-up asked for a beat (kick, closed watch)
@@ -72,25 +77,23 @@ func (p *Pool) OnBeat(f func(b *Backend, e Evidence, latency time.Duration)) {
 }
 
 func newProber(p *Pool, b *Backend) *prober {
-	host := p.cfg.Host
-	if host == "" {
-		host = b.Addr
-	}
-	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: caddy-failover-heartbeat\r\nAccept: */*\r\n\r\n", p.cfg.Path, host)
+	network, addr, host := probeTarget(b.Addr, p.cfg.Port)
+	req := heartbeatRequest(p.cfg, host)
 	cfg := p.cfg
 	if cfg.TLS != nil && cfg.TLS.ServerName == "" {
 		// as net/http does: verify the certificate for the host dialled
 		// (without a ServerName, crypto/tls refuses to verify at all)
 		cfg.TLS = cfg.TLS.Clone()
-		cfg.TLS.ServerName = b.Addr
-		if h, _, err := net.SplitHostPort(b.Addr); err == nil {
+		cfg.TLS.ServerName = host
+		if h, _, err := net.SplitHostPort(host); err == nil {
 			cfg.TLS.ServerName = h
 		}
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-	return &prober{p: p, b: b, cfg: cfg, req: []byte(req), timer: t, rnd: rnd, onBeat: p.onBeat}
+	return &prober{p: p, b: b, cfg: cfg, req: req, reqHead: &http.Request{Method: cfg.Method},
+		network: network, addr: addr, timer: t, rnd: rnd, onBeat: p.onBeat}
 }
 
 func (pr *prober) run() {
@@ -302,7 +305,7 @@ func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale boo
 func (pr *prober) connect(deadline time.Time) error {
 	ctx, cancel := context.WithDeadline(pr.p.ctx, deadline)
 	defer cancel()
-	conn, err := pr.dial.DialContext(ctx, "tcp", pr.b.Addr)
+	conn, err := pr.dial.DialContext(ctx, pr.network, pr.addr)
 	if err != nil {
 		return err
 	}
@@ -315,7 +318,7 @@ func (pr *prober) connect(deadline time.Time) error {
 		conn = tc
 	}
 	pr.b.conns.Add(1)
-	pr.w = startWatch(conn)
+	pr.w = startWatch(conn, pr.reqHead)
 	return nil
 }
 
@@ -327,10 +330,11 @@ func (pr *prober) drop() {
 }
 
 // connEvidence judges a connection failure: refused or reset proves the
-// process is not there; anything else (a timeout, an unreachable host) may
-// be a hang or the network.
+// process is not there, and so does a unix socket's file gone (ENOENT);
+// anything else (a timeout, an unreachable host) may be a hang or the
+// network.
 func connEvidence(err error) Evidence {
-	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ENOENT) {
 		return Gone
 	}
 	return Miss
@@ -354,19 +358,21 @@ type readResult struct {
 	bad bool
 }
 
-func startWatch(conn net.Conn) *watch {
+func startWatch(conn net.Conn, req *http.Request) *watch {
 	w := &watch{conn: conn, results: make(chan readResult, 1), done: make(chan struct{})}
-	go w.read()
+	go w.read(req)
 	return w
 }
 
-func (w *watch) read() {
+// read reads answers to req (shared, read-only: its method tells whether
+// an answer has a body) until the connection ends.
+func (w *watch) read(req *http.Request) {
 	lim := &capReader{r: w.conn}
 	br := bufio.NewReaderSize(lim, 4096)
 	for {
 		carried := br.Buffered() > 0
 		lim.n, lim.err = maxProbeHead, errHeadTooLong
-		res, err := http.ReadResponse(br, nil)
+		res, err := http.ReadResponse(br, req)
 		if err != nil {
 			w.send(readResult{err: err, bad: carried || lim.n < maxProbeHead})
 			return

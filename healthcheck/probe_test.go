@@ -40,16 +40,32 @@ func TestFirstGoodBeatAdmits(t *testing.T) {
 	assert.EqualValues(t, 1, bk.hits.Load(), "one beat was enough")
 }
 
+// A backend that refuses before it was ever seen answering is a process
+// not listening yet (spawned, or returned by an operator before it
+// listens): it stays unknown, however many refusals, and is admitted by
+// its first good beat once it listens.
 func TestRefusedFromUnknown(t *testing.T) {
 	addr := refusedAddr(t)
-	p, rec := newPool(t, []string{addr}, Config{Interval: 50 * time.Millisecond, Fails: 5})
+	p, rec := newPool(t, []string{addr}, Config{Interval: 50 * time.Millisecond, Fails: 1})
+	chs := beats(p)
 	ready := p.Ready()
 	p.Start()
-	tr := rec.ejected(0, Crash)
-	assert.Equal(t, Unknown, tr.From)
-	assert.Contains(t, tr.Cause, "refused")
-	assert.False(t, closed(ready), "an ejection wakes no waiter")
-	assert.Zero(t, p.InService())
+	for range 3 {
+		bt := nextBeat(t, chs[0], "a refused beat")
+		assert.Equal(t, Gone, bt.e)
+		assert.Equal(t, Unknown, bt.state, "not ejected")
+	}
+	rec.flush()
+	assert.Empty(t, rec.list(), "no transition")
+	assert.False(t, closed(ready))
+
+	ln, err := net.Listen("tcp", addr) // the process listens at last
+	require.NoError(t, err)
+	srv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), ReadHeaderTimeout: wait}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	assert.Equal(t, Unknown, rec.healthy(0).From)
+	within(t, wait, ready, "Ready closing")
 }
 
 func TestStatusRange(t *testing.T) {
@@ -91,24 +107,6 @@ func TestStatusRange(t *testing.T) {
 			assert.Equal(t, Unknown, tr.From)
 		})
 	}
-}
-
-func TestHeartbeatRequest(t *testing.T) {
-	type seen struct{ method, uri, proto, host, ua string }
-	got := make(chan seen, 100)
-	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
-		got <- seen{r.Method, r.RequestURI, r.Proto, r.Host, r.UserAgent()}
-	}))
-	t.Cleanup(srv.Close)
-	addr := srv.Listener.Addr().String()
-
-	_, rec := startPool(t, []string{addr}, Config{Interval: time.Hour})
-	rec.healthy(0)
-	assert.Equal(t, seen{"GET", "/", "HTTP/1.1", addr, "caddy-failover-heartbeat"}, <-got)
-
-	_, rec = startPool(t, []string{addr}, Config{Interval: time.Hour, Path: "/hc?deep=1", Host: "svc.internal"})
-	rec.healthy(0)
-	assert.Equal(t, seen{"GET", "/hc?deep=1", "HTTP/1.1", "svc.internal", "caddy-failover-heartbeat"}, <-got)
 }
 
 func TestTLS(t *testing.T) {
@@ -410,11 +408,13 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	addrs := []string{good.addr(), refusedAddr(t), slow.Listener.Addr().String()}
 	p := NewPool(addrs, Config{Interval: 20 * time.Millisecond, Timeout: 50 * time.Millisecond}, nil)
 	rec := record(t, p)
+	chs := beats(p)
 	p.Start()
 	p.Start() // a second Start starts nothing
 	assert.Equal(t, len(addrs)+1, stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).Start"), "one prober per backend and the restart supervisor")
 	rec.healthy(0)
-	rec.ejected(1, Crash)
+	for nextBeat(t, chs[1], "a refused beat").e != Gone {
+	}
 	rec.ejected(2, Hang)
 	good.awaitHits(t, good.hits.Load()+3)
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -116,7 +117,7 @@ func restartConfig() Config {
 // are healthy. Backend 0 is the one the tests break.
 func pairUnder(t *testing.T, sup *procSupervisor, pol RestartPolicy, cfg Config) (*child, *Pool, *recorder) {
 	t.Helper()
-	if cfg == (Config{}) {
+	if reflect.DeepEqual(cfg, Config{}) { // Config holds a header map: not comparable
 		cfg = restartConfig()
 	}
 	a, b := freeAddr(t), freeAddr(t)

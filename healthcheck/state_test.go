@@ -58,7 +58,11 @@ func TestStateFromUnknown(t *testing.T) {
 		{"fails=1", Config{Fails: 1}, []Evidence{Miss}, Ejected, Hang},
 		{"fails=3", Config{Fails: 3}, []Evidence{Miss, Miss}, Unknown, ReasonNone},
 		{"fails wrong statuses eject for bad status", Config{}, []Evidence{WrongStatus, WrongStatus}, Ejected, BadStatus},
-		{"refused ejects at once", Config{Fails: 5}, []Evidence{Gone}, Ejected, Crash},
+		{"refused: nothing listens yet", Config{Fails: 1}, []Evidence{Gone, Gone, Gone}, Unknown, ReasonNone},
+		{"refusals are not fails", Config{}, []Evidence{Gone, Miss, Gone}, Unknown, ReasonNone},
+		{"misses after refusals eject for hang", Config{}, []Evidence{Gone, Miss, Gone, Miss}, Ejected, Hang},
+		{"wrong statuses after a refusal eject for bad status", Config{}, []Evidence{Gone, WrongStatus, WrongStatus}, Ejected, BadStatus},
+		{"refused then answering admits", Config{Passes: 3}, []Evidence{Gone, Gone, Pass}, Healthy, ReasonNone},
 		{"timeouts count as misses", Config{}, []Evidence{Timeout, Timeout}, Ejected, Hang},
 		{"misses need not be consecutive kinds", Config{Fails: 3}, []Evidence{Miss, Timeout, WrongStatus}, Ejected, BadStatus},
 		{"a pass resets the misses", Config{}, []Evidence{Miss, Pass, Miss}, Healthy, ReasonNone},
@@ -78,10 +82,9 @@ func TestTransitionsPublished(t *testing.T) {
 	ready := p.Ready()
 
 	feed(p, bs[0], Pass)        // unknown → healthy
-	feed(p, bs[1], Gone)        // unknown → ejected(crash)
+	feed(p, bs[1], Gone)        // nothing listens yet: no transition
 	feed(p, bs[2], Miss, Miss)  // unknown → ejected(hang)
-	feed(p, bs[1], Pass)        // one of two passes
-	feed(p, bs[1], Pass)        // ejected → healthy
+	feed(p, bs[1], Pass)        // unknown → healthy: one pass is enough
 	feed(p, bs[0], Timeout)     // healthy → ejected(hang), guard permitting
 	feed(p, bs[0], Pass, Pass)  // ejected → healthy
 	feed(p, bs[1], WrongStatus) // one of two
@@ -100,9 +103,8 @@ func TestTransitionsPublished(t *testing.T) {
 	}
 	want := []tr{
 		{0, Unknown, Healthy, ReasonNone},
-		{1, Unknown, Ejected, Crash},
 		{2, Unknown, Ejected, Hang},
-		{1, Ejected, Healthy, ReasonNone},
+		{1, Unknown, Healthy, ReasonNone},
 		{0, Healthy, Ejected, Hang},
 		{0, Ejected, Healthy, ReasonNone},
 		{1, Healthy, Ejected, BadStatus},
@@ -151,7 +153,7 @@ func TestStateSince(t *testing.T) {
 func TestReadmitNeedsPasses(t *testing.T) {
 	p, bs, _ := machine(t, 2, Config{Passes: 3})
 	feed(p, bs[1], Pass)
-	feed(p, bs[0], Gone)
+	feed(p, bs[0], Pass, Gone)
 	requireState(t, bs[0], Ejected, Crash)
 
 	feed(p, bs[0], Pass, Pass)
@@ -164,7 +166,7 @@ func TestReadmitNeedsPasses(t *testing.T) {
 	requireState(t, bs[0], Ejected, Crash)
 	feed(p, bs[0], Pass)
 	requireState(t, bs[0], Healthy, ReasonNone)
-	assert.EqualValues(t, 1, bs[0].Gen())
+	assert.EqualValues(t, 2, bs[0].Gen())
 }
 
 func TestHealthyNeedsFailsConsecutiveMisses(t *testing.T) {
@@ -181,7 +183,7 @@ func TestHealthyNeedsFailsConsecutiveMisses(t *testing.T) {
 // status ends a hang or a crash (bad-status), a refusal proves a crash,
 // and Fails misses in a row make a crashed or answering backend a hang.
 func TestEvidenceUpdatesEjectedReason(t *testing.T) {
-	ejectFor := map[Reason][]Evidence{Crash: {Gone}, Hang: {Miss, Miss}, BadStatus: {WrongStatus, WrongStatus}}
+	ejectFor := map[Reason][]Evidence{Crash: {Pass, Gone}, Hang: {Miss, Miss}, BadStatus: {WrongStatus, WrongStatus}}
 	for _, c := range []struct {
 		from     Reason
 		evidence []Evidence
@@ -211,7 +213,7 @@ func TestEvidenceUpdatesEjectedReason(t *testing.T) {
 			rec.flush()
 			last := ReasonNone
 			for _, tr := range rec.list() {
-				if tr.Index == 0 {
+				if tr.Index == 0 && tr.To == Ejected {
 					assert.NotEqual(t, last, tr.Reason, "a transition to the same reason:%s", rec)
 					last = tr.Reason
 				}

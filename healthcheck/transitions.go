@@ -22,7 +22,7 @@ import (
 //	timeout           as miss              ejected(hang)²             as miss                      -                       -                 -                    -
 //	wrong status      F-th fail:           F-th fail:                 ejected(bad-status)          ejected(bad-status)     -                 -                    -
 //	                  ejected(bad-status)  ejected(bad-status)²
-//	gone              ejected(crash)       ejected(crash)             ejected(crash)               -                       -                 -                    -
+//	gone              -⁶                   ejected(crash)             ejected(crash)               -                       -                 -                    -
 //	drain announced⁵  draining(announced)  draining(announced)        draining(announced)          draining(announced)     -                 -                    -
 //	drain             draining(manual)     draining(manual)           draining(manual)             draining(manual)        -                 draining(manual)     draining(manual)
 //	maint             maint(manual)        maint(manual)              maint(manual)                maint(manual)           maint(manual)     maint(manual)        -
@@ -41,6 +41,7 @@ import (
 //	⁴ a restarter is set, no pass since the last bad evidence, the last answer restart_after ago,
 //	  no crash-loop backoff pending, fewer than max_restarting restarting
 //	⁵ a heartbeat answer, whatever its status, with the DrainHeader
+//	⁶ nothing listens yet (a process starting): no transition, not counted as a fail
 //
 // A miss while a live request waits longer than Timeout is a timeout.
 
@@ -123,6 +124,12 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 
 	case input(Miss), input(Timeout), input(WrongStatus), input(Gone):
 		e := Evidence(in)
+		if e == Gone && s == Unknown {
+			// nothing listens yet: a backend never seen answering has not
+			// crashed (a spawned one starting, one returned before its
+			// process listens); not counted either
+			break
+		}
 		b.passes = 0
 		b.fails++
 		b.misses++
@@ -132,7 +139,7 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 		to := evidenceReason[e]
 		switch {
 		case s == Unknown:
-			if e == Gone || b.fails >= p.cfg.Fails {
+			if b.fails >= p.cfg.Fails {
 				p.set(b, Ejected, to, cause)
 			}
 		case s.InService():

@@ -124,7 +124,7 @@ func TestTransitionTable(t *testing.T) {
 		crashed := pol
 		crashed.Crashed = true
 		p.SetRestartPolicy(crashed)
-		feed(p, b, Gone)
+		feed(p, b, Pass, Gone)
 		restartDue(p, b)
 		p.SetRestartPolicy(pol)
 	}
@@ -160,7 +160,7 @@ func TestTransitionTable(t *testing.T) {
 	}{
 		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow
 		{U, false, ReasonNone, func(*Pool, *Backend) {},
-			[17]string{H, H, "-", EH, "-", "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
+			[17]string{H, H, "-", EH, "-", "-", EB, "-", DA, D, M, "-", "-", "-", "-", "-", "-"}},
 		{H, false, ReasonNone, ev(Pass),
 			[17]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
 		{P, false, ReasonNone, probation,
@@ -171,7 +171,7 @@ func TestTransitionTable(t *testing.T) {
 			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
 		{P, true, Hang, seq(probation, ev(Timeout)),
 			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H}},
-		{EC, false, ReasonNone, ev(Gone),
+		{EC, false, ReasonNone, seq(ev(Pass), ev(Gone)),
 			[17]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-"}},
 		{EH, false, ReasonNone, hang,
 			[17]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-"}},
