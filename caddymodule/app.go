@@ -14,7 +14,7 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(App{})
+	caddy.RegisterModule(new(App))
 }
 
 // App runs what failover handlers need while their config runs: heartbeat
@@ -38,8 +38,9 @@ type App struct {
 	started int
 }
 
-// CaddyModule returns the Caddy module information.
-func (App) CaddyModule() caddy.ModuleInfo {
+// CaddyModule returns the Caddy module information. A pointer receiver:
+// Caddy's events app calls it on the running app while it commits.
+func (*App) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "failover",
 		New: func() caddy.Module { return new(App) },

@@ -43,6 +43,11 @@ import (
 //	⁵ a heartbeat answer, whatever its status, with the DrainHeader
 //	⁶ nothing listens yet (a process starting): no transition, not counted as a fail
 //
+// A draining backend whose process is being replaced (ReturnOnNewProcess)
+// takes "return" by itself at its first pass on a connection made since:
+// the replacement answers (the old process, on its old connection, does not
+// count), then that pass applies as to unknown.
+//
 // A miss while a live request waits longer than Timeout is a timeout.
 
 // input is what moves a backend: a piece of Evidence, a timed decision of
