@@ -432,8 +432,10 @@ func TestManyReloadsLeakNothing(t *testing.T) {
 	}
 	t.Logf("FIGURES reloads=100 goroutines=%d->%d fds=%d->%d rss_kb=%d->%d client-connection-resets=%d", g0, g1, f0, f1, m0, m1, resets.Load())
 	assert.Zero(t, failed.Load(), "requests answered other than 200 during the reloads (first: %v)", firstErr.Load())
-	assert.InDelta(t, g0, g1, float64(g0)/10+2, "goroutines")
-	assert.InDelta(t, f0, f1, float64(f0)/10+2, "open fds")
+	// the baseline is taken under load, with its connections: fewer after
+	// is no leak, more than 10 % (and a couple of connections) is
+	assert.LessOrEqual(t, g1, g0+g0/10+2, "goroutines")
+	assert.LessOrEqual(t, f1, f0+f0/10+2, "open fds")
 	assert.InDelta(t, m0, m1, float64(m0)/10, "RSS")
 	assert.Equal(t, spawnPid, backendPid(spawnAddr), "the unchanged spawned backend kept its process")
 	assert.Len(t, r.pools(), 2, "two pools: no replaced pool left behind")
