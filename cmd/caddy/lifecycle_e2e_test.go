@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/crashonly/caddy-failover/caddymodule"
 	"github.com/crashonly/caddy-failover/cmd/internal/chaos"
 )
 
@@ -108,6 +109,10 @@ func TestFailedReloadChangesNothing(t *testing.T) {
 	r.start(fmt.Sprintf(block, ran1))
 	r.waitStates(10*time.Second, "healthy", "healthy")
 	before := r.pools()
+	var named []caddymodule.PoolStatus
+	adminDo(t, r.admin, http.MethodGet, "/failover/pools", &named)
+	require.Len(t, named, 1)
+	assert.Equal(t, "127.0.0.1", named[0].Name, "without name, a pool is named after its site")
 
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
