@@ -1,6 +1,9 @@
 package caddymodule
 
 import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -30,4 +33,28 @@ func TestHandlersSharingAPoolMustAgree(t *testing.T) {
 	err = validateJSON(t, config(spawn("1"), spawn("2")+`,{"handler":"failover","upstreams":[{"dial":"127.0.0.1:9"}]}`))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "different restart, spawn or slow_start settings")
+}
+
+// An action on a backend that is in several pools acts in all of them,
+// and the answer names them.
+func TestAdminActsInEveryPool(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer up.Close()
+	addr := up.Listener.Addr().String()
+	a := startedHandler(t, `{"name":"a","upstreams":`+upstreams(addr)+`}`)
+	b := startedHandler(t, `{"name":"b","upstreams":`+upstreams(addr)+`,"health":{"interval":"100ms"}}`)
+	waitServing(t, a, 1)
+	waitServing(t, b, 1)
+
+	w := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, "/failover/backends/"+addr+"/drain?wait=1s", nil)
+	require.NoError(t, serveBackend(w, req))
+	assert.Equal(t, http.StatusOK, w.Code)
+	var out BackendAction
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &out))
+	assert.ElementsMatch(t, []string{"a", "b"}, out.Pools)
+	for _, h := range []*Handler{a, b} {
+		st, _, _ := h.backends[0].State()
+		assert.Equal(t, "draining", st.String())
+	}
 }
