@@ -352,8 +352,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// wrapping and buffering it, as it would drop it later anyway
 		r.Body = nil
 	}
-	if !h.anyInService() {
-		switch h.holdFor(r.Context(), st, h.pool.Ready(), h.retired) {
+	// take the ready channel before looking: an admission in between
+	// closes the one held, so no wake-up is lost
+	if ready := h.pool.Ready(); !h.anyInService() {
+		switch h.holdFor(r.Context(), st, ready, h.retired) {
 		case holdRetired:
 			return h.redispatch(w, r)
 		case holdClientGone:
