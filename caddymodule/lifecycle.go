@@ -22,12 +22,13 @@ import (
 // processes that an earlier config started with another command, one at a
 // time (roll, when this handler is the one to do it).
 func (h *Handler) start(roll bool) {
-	h.obs.log.Store(h.logger.Named("health"))
+	log := h.logger.Named("health")
+	h.obs.log.Store(log)
 	h.obs.start()
 	h.pool.Apply(healthcheck.Settings{
 		Restart:   h.restartPolicy(),
 		SlowStart: time.Duration(h.SlowStart),
-		Log:       h.logger.Named("health"),
+		Log:       log,
 	})
 	var changed []int
 	if h.spawned != nil {
@@ -60,10 +61,6 @@ var (
 	rollsMu sync.Mutex
 	rolls   = map[string]context.CancelFunc{}
 )
-
-// rollStep bounds each step of a roll: the drain of a backend's requests,
-// and its return to service with the new command.
-const rollStep = 30 * time.Second
 
 func startRoll(addrs []string, g *spawn.Group, log *zap.Logger) {
 	key := fmt.Sprint(addrs)

@@ -257,10 +257,16 @@ func (s *slot) wait(r *running, out ...*os.File) {
 // running process, nil if the first start failed.
 func (s *slot) supervise(r *running) {
 	defer s.loop.Done()
+	var next *slotReq // a request left over by answerPending
 	for {
-		var req *slotReq
+		req := next
+		next = nil
 		var delay time.Duration
-		if r != nil {
+		switch {
+		case req != nil && r != nil:
+			s.end(r, req.spec != nil)
+		case req != nil: // nothing runs: start at once
+		case r != nil:
 			select {
 			case err := <-r.exited:
 				killGroup(r) // what the process left in its group
@@ -272,7 +278,7 @@ func (s *slot) supervise(r *running) {
 				s.terminate(r)
 				return
 			}
-		} else {
+		default:
 			// the last start failed
 			delay = s.bo.exit(time.Now(), time.Now())
 			s.logCrashLoop(delay)
@@ -308,7 +314,7 @@ func (s *slot) supervise(r *running) {
 		}
 		if req != nil {
 			req.done <- err
-			s.answerPending(err)
+			next = s.answerPending(err)
 		}
 	}
 }
@@ -328,19 +334,18 @@ func (s *slot) end(r *running, graceful bool) {
 }
 
 // answerPending answers the requests that waited while one was under way:
-// it is done.
-func (s *slot) answerPending(err error) {
+// it is done. A replacement with another spec is not: it is returned, to be
+// served next.
+func (s *slot) answerPending(err error) *slotReq {
 	for {
 		select {
 		case rq := <-s.reqs:
 			if rq.spec != nil && !rq.spec.sameProcess(s.current()) {
-				// a replacement with another spec: serve it next round
-				go func() { rq.done <- s.request(context.Background(), rq.spec) }()
-				return
+				return &rq
 			}
 			rq.done <- err
 		default:
-			return
+			return nil
 		}
 	}
 }

@@ -101,12 +101,7 @@ func TestFailedReloadChangesNothing(t *testing.T) {
 	r := newRig(t, 2)
 	dir := t.TempDir()
 	ran1, ran2 := filepath.Join(dir, "ran1"), filepath.Join(dir, "ran2")
-	block := `failover {{upstreams}} {
-	health_uri /health
-	restart_after 100ms
-	restart exec sh -c "echo {backend} >> %s"
-}`
-	r.start(fmt.Sprintf(block, ran1))
+	r.start(recordingRestarts(ran1, ""))
 	r.waitStates(10*time.Second, "healthy", "healthy")
 	before := r.pools()
 	var named []caddymodule.PoolStatus
@@ -117,7 +112,7 @@ func TestFailedReloadChangesNothing(t *testing.T) {
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer taken.Close()
-	bad := r.caddyfile(fmt.Sprintf(block, ran2)) + fmt.Sprintf("\nhttp://%s {\n\trespond ok\n}\n", taken.Addr())
+	bad := r.caddyfile(recordingRestarts(ran2, "")) + fmt.Sprintf("\nhttp://%s {\n\trespond ok\n}\n", taken.Addr())
 	require.Error(t, r.caddy.Reload(bad), "the reload fails: the address is in use")
 
 	after := r.pools()
@@ -477,16 +472,10 @@ func TestReloadAppliesEveryChange(t *testing.T) {
 	r := newRig(t, 2)
 	dir := t.TempDir()
 	ranA, ranB := filepath.Join(dir, "ranA"), filepath.Join(dir, "ranB")
-	block := `failover {{upstreams}} {
-	health_uri /health
-	restart_after 100ms
-	restart exec sh -c "echo {backend} >> %s"
-	%s
-}`
-	r.start(fmt.Sprintf(block, ranA, ""))
+	r.start(recordingRestarts(ranA, ""))
 	before := r.waitStates(10*time.Second, "healthy", "healthy")
 
-	require.NoError(t, r.caddy.Reload(r.caddyfile(fmt.Sprintf(block, ranB, "slow_start 30s"))))
+	require.NoError(t, r.caddy.Reload(r.caddyfile(recordingRestarts(ranB, "slow_start 30s"))))
 	after := r.pools()
 	require.Len(t, after, 1)
 	assert.Equal(t, before.ID, after[0].ID, "same heartbeats: the same pool")
@@ -506,7 +495,7 @@ func TestReloadAppliesEveryChange(t *testing.T) {
 	r.waitStates(10*time.Second, "healthy", "probation")
 
 	// changed heartbeats: a new pool, and the old one is gone
-	require.NoError(t, r.caddy.Reload(r.caddyfile(fmt.Sprintf(block, ranB, "health_interval 300ms"))))
+	require.NoError(t, r.caddy.Reload(r.caddyfile(recordingRestarts(ranB, "health_interval 300ms"))))
 	waitFor(t, 10*time.Second, "only the new pool left", func() bool {
 		ps := r.pools()
 		return len(ps) == 1 && ps[0].ID != before.ID
@@ -549,4 +538,10 @@ func TestDroppedPoolFinishesItsRequests(t *testing.T) {
 	assert.Equal(t, http.StatusOK, res.code, res.body)
 	assert.Contains(t, res.body, fmt.Sprintf("pid=%d", pid), "served by the old process")
 	waitFor(t, 10*time.Second, "the old process stopped once its request ended", func() bool { return !alive(pid) })
+}
+
+// recordingRestarts is a failover block whose restarter only records each
+// request (the backend) in file, with extra lines.
+func recordingRestarts(file, extra string) string {
+	return fmt.Sprintf("failover {{upstreams}} {\n\thealth_uri /health\n\trestart_after 100ms\n\trestart exec sh -c \"echo {backend} >> %s\"\n\t%s\n}", file, extra)
 }
