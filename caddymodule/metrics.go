@@ -30,8 +30,12 @@ var (
 	}, []string{"pool", "cause"})
 	mRescued = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "rescued_total",
-		Help: "Requests in flight on a backend ejected for a hang, cancelled there and replayed at once.",
+		Help: "Requests in flight on a backend suspected or ejected for a hang, cancelled there and replayed at once.",
 	}, []string{"pool"})
+	mFalseSuspicions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "failover", Name: "false_suspicions_total",
+		Help: "Backends suspected of a hang that answered before being ejected: slow, or paused shorter than a heartbeat timeout.",
+	}, []string{"pool", "backend"})
 	mHoldSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "hold_seconds",
 		Help:    "Time requests were held waiting for a backend in service.",
@@ -70,7 +74,7 @@ var (
 
 // states is every state, for the state gauge.
 var states = []healthcheck.State{healthcheck.Unknown, healthcheck.Healthy, healthcheck.Probation,
-	healthcheck.Ejected, healthcheck.Restarting, healthcheck.Draining, healthcheck.Maint}
+	healthcheck.Suspected, healthcheck.Ejected, healthcheck.Restarting, healthcheck.Draining, healthcheck.Maint}
 
 // poolCollector reports what is read from the pools at scrape time: states,
 // held requests, requests in flight.
@@ -106,7 +110,7 @@ func (poolCollector) Collect(ch chan<- prometheus.Metric) {
 
 // registerMetrics registers failover's metrics in a config's registry.
 func registerMetrics(reg *prometheus.Registry) error {
-	for _, c := range []prometheus.Collector{mEjections, mEjectionDelay, mReplays, mRescued, mHoldSeconds,
+	for _, c := range []prometheus.Collector{mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mHoldSeconds,
 		mHoldExpired, mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency, poolCollector{}} {
 		if err := reg.Register(c); err != nil {
 			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
@@ -122,7 +126,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 func forgetPool(name string) {
 	l := prometheus.Labels{"pool": name}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		mEjections, mEjectionDelay, mReplays, mRescued, mHoldSeconds, mHoldExpired,
+		mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mHoldSeconds, mHoldExpired,
 		mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency,
 	} {
 		v.DeletePartialMatch(l)

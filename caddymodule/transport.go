@@ -65,7 +65,12 @@ func (a *activeBody) Close() error {
 // attempt sends one attempt of a request to b.
 func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.Backend) (*http.Response, error) {
 	if !t.h.replayable(req) {
+		// registered without a cancel: never rescued, but seen waiting,
+		// so that a frozen backend is suspected and gets no more
+		st.flight.Cancel = nil
+		b.Begin(&st.flight)
 		res, err := t.inner.RoundTrip(req)
+		b.End(&st.flight)
 		if err != nil {
 			return nil, t.failed(req.Context(), b, st, err, false)
 		}
@@ -78,7 +83,7 @@ func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.
 	b.Begin(&st.flight)
 	res, err := t.inner.RoundTrip(req.WithContext(ctx))
 	if b.End(&st.flight) && parent.Err() == nil {
-		// ejected for a hang while in flight: nothing reached the client
+		// suspected or ejected for a hang while in flight: nothing reached the client
 		// yet, so throw away whatever came and replay at once
 		if res != nil {
 			res.Body.Close()
