@@ -77,6 +77,10 @@ type Report struct {
 	FailedButExecuted int `json:"failed_but_executed"` // POSTs the client saw fail that did execute
 	OKButNotRecorded  int `json:"ok_but_not_recorded"` // acknowledged POSTs without a record (should be 0)
 
+	// Legitimately slow GETs (LoadConfig.SlowRatio): sent, and failed.
+	SlowGets       int `json:"slow_gets"`
+	SlowGetsFailed int `json:"slow_gets_failed"`
+
 	// A few example ids, for digging into logs.
 	ExecutedTwiceIDs     []string `json:"executed_twice_ids,omitempty"`
 	FailedButExecutedIDs []string `json:"failed_but_executed_ids,omitempty"`
@@ -148,6 +152,12 @@ func Analyze(res *Results, recordFiles ...string) (Report, error) {
 		if r.Method == http.MethodPost {
 			rep.Posts++
 			posts[r.ID] = r
+		}
+		if r.Slow && r.Err != ErrCanceled {
+			rep.SlowGets++
+			if !r.OK() {
+				rep.SlowGetsFailed++
+			}
 		}
 		switch {
 		case r.Err == ErrCanceled:
@@ -280,6 +290,9 @@ func (r Report) String() string {
 	}
 	row("latency", "p50 %v  p99 %v  p99.9 %v  max %v", r.LatencyP50, r.LatencyP99, r.LatencyP999, r.LatencyMax)
 	row("longest gap", "%v without a successful answer (from +%v)", r.LongestGap, r.LongestGapAt)
+	if r.SlowGets > 0 {
+		row("slow GETs", "%d sent, %d failed", r.SlowGets, r.SlowGetsFailed)
+	}
 	row("orders (POST)", "%d sent, %d acknowledged, %d record lines", r.Posts, r.PostsSucceeded, r.RecordLines)
 	row("  executed twice", "%d%s", r.ExecutedTwice, ids(r.ExecutedTwiceIDs))
 	row("  failed but executed", "%d%s", r.FailedButExecuted, ids(r.FailedButExecutedIDs))
