@@ -208,6 +208,48 @@ func TestChaosNoFailedGETsNoDoublePOSTs(t *testing.T) {
 	assert.Zero(t, rep.OKButNotRecorded, "POSTs acknowledged but never executed")
 }
 
+// Hangs and a 100ms stop-the-world pause among legitimately slow GETs (2%
+// take 1.5s): a frozen backend is suspected and its GETs rescued, but no
+// slow GET is ever cut off, no GET fails and no POST runs twice.
+func TestHangsAmongSlowGETs(t *testing.T) {
+	r := newRig(t, 3)
+	r.start("failover {{upstreams}} {\n\thealth_uri /health\n}")
+	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
+
+	sup := r.chaosRig().StartSupervisor(chaos.SupervisorConfig{})
+	defer sup.Stop()
+	inj := &chaos.Injector{Backends: r.backends, HangFor: time.Second}
+	faults := []chaos.Fault{
+		{At: 500 * time.Millisecond, Kind: chaos.FaultHang, Backend: 0},
+		{At: 1500 * time.Millisecond, Kind: chaos.FaultPause, Backend: 1},
+		{At: 2500 * time.Millisecond, Kind: chaos.FaultHang, Backend: 2},
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	go inj.Run(ctx, faults)
+	res := chaos.RunLoad(ctx, chaos.LoadConfig{
+		URL: r.url(""), Concurrency: 8, Duration: 4 * time.Second, MaxRequests: 100000,
+		PostRatio: 0.1, SlowRatio: 0.02, SlowMs: 1500, Seed: 1, WorkMs: 2,
+	})
+	inj.Wait()
+	rep, err := chaos.Analyze(res, r.records)
+	require.NoError(t, err)
+	t.Logf("\n%s", rep)
+
+	applied := 0
+	for _, ev := range inj.Events() {
+		if ev.Err == "" && (ev.Action == "SIGSTOP") {
+			applied++
+		}
+	}
+	require.Equal(t, len(faults), applied, "every fault was applied: %v", inj.Events())
+	require.Positive(t, rep.SlowGets, "the load sent slow GETs")
+	assert.Zero(t, rep.FailuresByMethod["GET"], "failed GETs")
+	assert.Zero(t, rep.SlowGetsFailed, "slow GETs failed")
+	assert.Zero(t, rep.ExecutedTwice, "POSTs executed twice: %v", rep.ExecutedTwiceIDs)
+	assert.Zero(t, rep.OKButNotRecorded, "POSTs acknowledged but never executed")
+}
+
 // A POST whose connection is refused never reached a backend: it is replayed
 // on a peer and served, once.
 func TestRefusedPOSTIsServedOnce(t *testing.T) {
