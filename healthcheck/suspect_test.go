@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 // live is a request in flight on a backend, registered as the transport
@@ -50,6 +52,14 @@ func send(tb testing.TB, b *Backend, url string, replayable bool) *live {
 	return l
 }
 
+// freeze SIGSTOPs the child and waits until every thread of it is stopped:
+// before, one may still answer a request.
+func (c *child) freeze(tb testing.TB) {
+	tb.Helper()
+	c.signal(tb, syscall.SIGSTOP)
+	require.True(tb, procstat.WaitAllStopped(c.pid(), wait), "child not stopped within %v", wait)
+}
+
 // states returns backend i's states in the order it went through them.
 func (r *recorder) states(i int) []State {
 	r.flush()
@@ -74,7 +84,7 @@ func TestChildFrozenSuspectedThenThawed(t *testing.T) {
 	rec.healthy(1)
 	b := p.Backends()[0]
 
-	c.signal(t, syscall.SIGSTOP)
+	c.freeze(t)
 	get := send(t, b, "http://"+c.addr+"/", true)
 	post := send(t, b, "http://"+c.addr+"/", false)
 	tr := rec.waitFor(0, wait, "backend 0 suspected", to(0, Suspected, ReasonNone))
@@ -104,7 +114,7 @@ func TestChildFrozenSuspectedThenEjected(t *testing.T) {
 	rec.healthy(1)
 	b := p.Backends()[0]
 
-	c.signal(t, syscall.SIGSTOP)
+	c.freeze(t)
 	t.Cleanup(func() { _ = syscall.Kill(c.pid(), syscall.SIGCONT) })
 	post := send(t, b, "http://"+c.addr+"/", false) // not replayable: it counts as waiting all the same
 	assert.Equal(t, Suspected, rec.ejected(0, Hang).From)
