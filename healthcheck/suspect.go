@@ -18,10 +18,10 @@ import (
 // heartbeat, for as long. The threshold adapts to the backend: the silences
 // it shows while busy are learnt (a mean and a mean deviation, as phi
 // accrual does with heartbeat intervals) and the threshold is mean +
-// silenceDevs deviations, never below suspectFloor nor above the heartbeat
-// timeout. Silence is the right thing to learn, not request latency: a
-// backend serving some legitimately slow requests still answers the others,
-// while a frozen one answers nothing at all.
+// silenceDevs deviations, never below suspectFloor nor above a quarter of
+// the heartbeat timeout. Silence is the right thing to learn, not request
+// latency: a backend serving some legitimately slow requests still answers
+// the others, while a frozen one answers nothing at all.
 //
 // Such a backend is asked directly: an urgent heartbeat, on a connection of
 // its own (a frozen process's kernel still accepts), given urgentFactor
@@ -87,10 +87,13 @@ type suspicion struct {
 	urgent atomic.Bool
 }
 
-// threshold is the silence (and wait) past which b is worth asking.
-func (s *suspicion) threshold(ceiling time.Duration) time.Duration {
+// threshold is the silence (and wait) past which b is worth asking, at
+// most a quarter of the heartbeat timeout: asking costs one beat, and a
+// backend whose clients mostly wait on slow requests may be silent for long
+// while busy; a hang must be seen in milliseconds all the same.
+func (s *suspicion) threshold(timeout time.Duration) time.Duration {
 	d := time.Duration(s.mean + silenceDevs*s.dev)
-	return min(max(d, suspectFloor), max(ceiling, suspectFloor))
+	return min(max(d, suspectFloor), max(timeout/4, suspectFloor))
 }
 
 // learn takes one silence sample, unless it is itself suspicious.

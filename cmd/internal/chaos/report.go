@@ -59,6 +59,8 @@ type Report struct {
 	LatencyP99  Duration `json:"latency_p99_ms"`
 	LatencyP999 Duration `json:"latency_p999_ms"`
 	LatencyMax  Duration `json:"latency_max_ms"`
+	// LatencyMaxOK is the longest a successful request took.
+	LatencyMaxOK Duration `json:"latency_max_ok_ms"`
 
 	// LongestGap is the longest stretch of wall time, including the edges of
 	// the run, in which no successful request completed; it starts
@@ -166,6 +168,7 @@ func Analyze(res *Results, recordFiles ...string) (Report, error) {
 		case r.OK():
 			rep.Succeeded++
 			okEnds = append(okEnds, r.End())
+			rep.LatencyMaxOK = max(rep.LatencyMaxOK, Duration(r.Latency))
 			if r.Method == http.MethodPost {
 				rep.PostsSucceeded++
 			}
@@ -288,7 +291,7 @@ func (r Report) String() string {
 	if r.Canceled > 0 {
 		row("canceled (run cut)", "%d", r.Canceled)
 	}
-	row("latency", "p50 %v  p99 %v  p99.9 %v  max %v", r.LatencyP50, r.LatencyP99, r.LatencyP999, r.LatencyMax)
+	row("latency", "p50 %v  p99 %v  p99.9 %v  max %v (%v succeeded)", r.LatencyP50, r.LatencyP99, r.LatencyP999, r.LatencyMax, r.LatencyMaxOK)
 	row("longest gap", "%v without a successful answer (from +%v)", r.LongestGap, r.LongestGapAt)
 	if r.SlowGets > 0 {
 		row("slow GETs", "%d sent, %d failed", r.SlowGets, r.SlowGetsFailed)
