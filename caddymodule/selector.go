@@ -69,16 +69,18 @@ var endLoop = &reverseproxy.Upstream{Dial: "failover.stopped:1-2"}
 
 // pick returns the next backend in service that st has not failed on, or -1.
 // A backend on probation (slow start) takes only its share of its turns,
-// unless nothing else is left.
+// and a quiet one (requests wait on it, no answer lately: maybe frozen)
+// none, unless nothing else is left.
 func (s *selector) pick(st *requestState) int {
 	backends := s.h.backends
 	n := len(backends)
 	i := int(s.next.Add(1) % uint64(n))
 	fallback := -1
+	now := time.Now()
 	for range n {
 		b := backends[i]
 		if b.InService() && !st.hasTried(i, b.Gen()) {
-			if !b.InProbation() || rand.Float64() < b.Share(time.Now()) {
+			if !b.Quiet(now) && (!b.InProbation() || rand.Float64() < b.Share(now)) {
 				return i
 			}
 			if fallback < 0 {

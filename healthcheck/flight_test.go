@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -285,4 +286,19 @@ func TestRescueKeepsWhatItMayNotReplay(t *testing.T) {
 		require.False(t, b.End(f), "a request that may not be replayed is never rescued")
 	}
 	require.Zero(t, b.InFlight())
+}
+
+// Quiet: a request waits and nothing was heard for half the threshold.
+func TestQuiet(t *testing.T) {
+	b := NewPool([]string{"a:1"}, Config{}, nil).Backends()[0]
+	b.Answered()
+	assert.False(t, b.Quiet(time.Now().Add(time.Hour)), "nothing waits")
+	f := &Flight{}
+	b.Begin(f)
+	assert.False(t, b.Quiet(time.Now()), "answered just now")
+	assert.True(t, b.Quiet(time.Now().Add(suspectFloor)), "silent while a request waits")
+	b.heard.Store(time.Now().Add(suspectFloor).UnixNano())
+	assert.False(t, b.Quiet(time.Now().Add(suspectFloor)), "a heartbeat answered")
+	b.End(f)
+	assert.False(t, b.Quiet(time.Now().Add(time.Hour)), "nothing waits")
 }
