@@ -117,8 +117,8 @@ var evidenceReason = [...]Reason{Miss: Hang, Timeout: Hang, WrongStatus: BadStat
 
 // apply is the state machine: every transition of every backend is made
 // here, under p.mu. It reports whether b was suspected or ejected for a
-// hang (its flights are to be rescued) and whether the panic guard kept b in service
-// for a new reason (to be logged).
+// hang (its flights are to be rescued) and whether the panic guard kept b
+// in service for a new reason (to be logged).
 func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 	s, r := b.state, b.reason
 	held := s == Draining || s == Maint // evidence only counts
@@ -350,7 +350,7 @@ func (p *Pool) deliver(wait bool) {
 				p.logger().Warn("backend suspected of a hang: out of service until it answers", zap.String("backend", t.Backend),
 					zap.String("cause", t.Cause))
 			case t.From == Suspected && t.To.InService():
-				p.logger().Warn("false suspicion: the suspected backend answered and is back in service (slow, or paused shorter than a heartbeat timeout)",
+				p.logger().Info("false suspicion: the suspected backend answered and is back in service (slow, or paused shorter than a heartbeat timeout)",
 					zap.String("backend", t.Backend))
 			default:
 				p.logger().Info("backend state", zap.String("backend", t.Backend),
