@@ -76,11 +76,10 @@ func (s *selector) pick(st *requestState) int {
 	n := len(backends)
 	i := int(s.next.Add(1) % uint64(n))
 	fallback := -1
-	now := time.Now()
 	for range n {
 		b := backends[i]
 		if b.InService() && !st.hasTried(i, b.Gen()) {
-			if !b.Quiet(now) && (!b.InProbation() || rand.Float64() < b.Share(now)) {
+			if !b.Quiet() && (!b.InProbation() || rand.Float64() < b.Share(time.Now())) {
 				return i
 			}
 			if fallback < 0 {

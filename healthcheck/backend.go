@@ -72,8 +72,6 @@ type Backend struct {
 
 	flightMu sync.Mutex
 	flights  []*Flight
-	// waiting mirrors len(flights) for lock-free reads (Quiet)
-	waiting atomic.Int32
 }
 
 // InService reports whether requests may be sent to b now.
@@ -174,7 +172,6 @@ func (b *Backend) Begin(f *Flight) {
 	f.slot = len(b.flights)
 	f.rescued = false
 	b.flights = append(b.flights, f)
-	b.waiting.Store(int32(len(b.flights)))
 	b.flightMu.Unlock()
 	if b.pool.dog.idle.Load() {
 		b.pool.dog.wakeUp()
@@ -197,7 +194,6 @@ func (b *Backend) End(f *Flight) (rescued bool) {
 	moved.slot = f.slot
 	b.flights[last] = nil
 	b.flights = b.flights[:last]
-	b.waiting.Store(int32(last))
 	return false
 }
 
@@ -254,7 +250,6 @@ func (b *Backend) rescue() int {
 	}
 	clear(b.flights[len(kept):])
 	b.flights = kept
-	b.waiting.Store(int32(len(kept)))
 	b.flightMu.Unlock()
 	for _, cancel := range cancels {
 		cancel(ErrRescued)

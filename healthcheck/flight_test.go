@@ -288,17 +288,25 @@ func TestRescueKeepsWhatItMayNotReplay(t *testing.T) {
 	require.Zero(t, b.InFlight())
 }
 
-// Quiet: a request waits and nothing was heard for half the threshold.
+// Quiet: at the watchdog's look, a request waits and nothing was heard
+// for half the threshold.
 func TestQuiet(t *testing.T) {
-	b := NewPool([]string{"a:1"}, Config{}, nil).Backends()[0]
+	p := NewPool([]string{"a:1", "b:1"}, Config{}, nil)
+	b := p.Backends()[0]
+	p.observe(b, Pass, nil)
+	look := func(after time.Duration) bool {
+		p.look(time.Now().Add(after))
+		return b.Quiet()
+	}
 	b.Answered()
-	assert.False(t, b.Quiet(time.Now().Add(time.Hour)), "nothing waits")
+	assert.False(t, look(time.Hour), "nothing waits")
 	f := &Flight{}
 	b.Begin(f)
-	assert.False(t, b.Quiet(time.Now()), "answered just now")
-	assert.True(t, b.Quiet(time.Now().Add(suspectFloor)), "silent while a request waits")
-	b.heard.Store(time.Now().Add(suspectFloor).UnixNano())
-	assert.False(t, b.Quiet(time.Now().Add(suspectFloor)), "a heartbeat answered")
+	assert.False(t, look(0), "answered just now")
+	quiet := suspectFloor * 3 / 4 // past half the threshold, short of it
+	assert.True(t, look(quiet), "silent while a request waits")
+	b.heard.Store(time.Now().Add(quiet).UnixNano())
+	assert.False(t, look(quiet), "a heartbeat answered")
 	b.End(f)
-	assert.False(t, b.Quiet(time.Now().Add(time.Hour)), "nothing waits")
+	assert.False(t, look(time.Hour), "nothing waits")
 }

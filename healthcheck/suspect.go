@@ -37,12 +37,13 @@ import (
 //
 // Before a suspicion, a backend is already passed over by the selector
 // while it is quiet (Quiet): requests wait on it and it has answered nothing
-// for half its threshold. A frozen backend then stops taking new requests
-// (POSTs above all, which could not be rescued) within about 10ms.
+// for half its threshold, as of the watchdog's last look. A frozen backend
+// then stops taking new requests (POSTs above all, which could not be
+// rescued) within about 15ms.
 //
 // The hot path pays nothing for this beyond what a request in flight
-// already pays (Begin's timestamp), one atomic load that wakes the watchdog
-// when it sleeps, and Quiet's timestamp and comparison per selection.
+// already pays (Begin's timestamp), one atomic load in Begin that wakes the
+// watchdog when it sleeps, and one in each selection (Quiet).
 const (
 	// suspectFloor is the least wait and silence that raise a suspicion:
 	// a loaded machine's scheduling alone explains shorter ones.
@@ -83,8 +84,9 @@ func (d *watchdog) wakeUp() {
 
 // suspicion is what the watchdog knows of one backend.
 type suspicion struct {
-	// quietAfter is half the threshold (ns), for Quiet; 0: suspectFloor/2
-	quietAfter atomic.Int64
+	// quiet: requests wait and nothing was heard for half the threshold,
+	// at the watchdog's last look (set by it, read by Quiet)
+	quiet atomic.Bool
 	// touched by the watchdog's goroutine only
 	mean, dev float64   // silence while busy, ns: moving averages
 	asked     time.Time // when the last urgent beat went out
@@ -114,18 +116,18 @@ func (s *suspicion) learn(silence, threshold time.Duration) {
 	s.mean += alpha * (x - s.mean)
 }
 
-// Quiet reports whether requests wait on b and it has answered nothing,
-// neither a request nor a heartbeat, for half its suspicion threshold: a
-// backend to pass over, if another will do, until it answers or is asked.
-func (b *Backend) Quiet(now time.Time) bool {
-	if b.waiting.Load() == 0 {
-		return false
+// Quiet reports whether, at the watchdog's last look (at most watchTick
+// ago), requests waited on b and it had answered nothing, neither a request
+// nor a heartbeat, for half its suspicion threshold: a backend to pass
+// over, if another will do, until it answers or is asked.
+func (b *Backend) Quiet() bool { return b.sus.quiet.Load() }
+
+// setQuiet writes quiet only when it changes: the selector reads it on
+// every request.
+func (s *suspicion) setQuiet(q bool) {
+	if s.quiet.Load() != q {
+		s.quiet.Store(q)
 	}
-	after := b.sus.quietAfter.Load()
-	if after == 0 {
-		after = int64(suspectFloor / 2)
-	}
-	return now.UnixNano()-max(b.answered.Load(), b.heard.Load()) > after
 }
 
 // SetRescueBudget makes every rescue of a request in flight ask allow
@@ -178,19 +180,20 @@ func (p *Pool) watch() {
 func (p *Pool) look(now time.Time) (busy bool) {
 	for _, b := range p.backends {
 		oldest := b.oldest()
-		if oldest.IsZero() {
+		if oldest.IsZero() || !b.InService() {
+			b.sus.setQuiet(false)
+			busy = busy || !oldest.IsZero()
 			continue
 		}
 		busy = true
-		if b.InService() && !b.sus.urgent.Load() {
-			p.lookAt(b, now, now.Sub(oldest))
-		}
+		p.lookAt(b, now, now.Sub(oldest))
 	}
 	return busy
 }
 
-// lookAt sends b an urgent heartbeat when its request has waited, and b
-// has been silent, longer than its threshold (times its backoff).
+// lookAt marks b quiet, and sends it an urgent heartbeat when its request
+// has waited, and b has been silent, longer than its threshold (times its
+// backoff).
 func (p *Pool) lookAt(b *Backend, now time.Time, waited time.Duration) {
 	s := &b.sus
 	live := b.answered.Load()
@@ -200,9 +203,9 @@ func (p *Pool) lookAt(b *Backend, now time.Time, waited time.Duration) {
 	silent := now.Sub(time.Unix(0, max(live, b.heard.Load())))
 	threshold := s.threshold(p.cfg.Timeout)
 	s.learn(silent, threshold)
-	s.quietAfter.Store(int64(threshold / 2))
+	s.setQuiet(silent > threshold/2)
 	wait := threshold << s.backoff
-	if waited <= wait || silent <= wait {
+	if s.urgent.Load() || waited <= wait || silent <= wait {
 		return
 	}
 	s.asked = now
