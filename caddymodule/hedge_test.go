@@ -5,11 +5,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
@@ -319,4 +322,95 @@ func TestHedgeAutoLearns(t *testing.T) {
 		require.Equal(t, http.StatusOK, w.Code)
 	}
 	assert.Equal(t, hedgeFloor, h.hedgeThreshold(), "loopback answers are below the floor")
+}
+
+// sometimesSlow answers at once, but every every-th request (heartbeats
+// aside) after delay: a backend with an occasional slow answer (a GC
+// pause, a cold cache).
+func sometimesSlow(b *testing.B, every int64, delay time.Duration) string {
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("User-Agent") != "caddy-failover-heartbeat" && every > 0 && n.Add(1)%every == 0 {
+			select {
+			case <-time.After(delay):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		io.WriteString(w, "ok")
+	}))
+	b.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// benchHandlers are stock reverse_proxy, failover, and failover hedging
+// after 10ms and auto, in front of the same two backends.
+func benchHandlers(b *testing.B, addrs ...string) []struct {
+	name string
+	h    caddyhttp.MiddlewareHandler
+} {
+	ctx := benchCaddyContext(b)
+	stock := &reverseproxy.Handler{Upstreams: reverseproxy.UpstreamPool{{Dial: addrs[0]}, {Dial: addrs[1]}}}
+	require.NoError(b, stock.Provision(ctx))
+	b.Cleanup(func() { _ = stock.Cleanup() })
+	out := []struct {
+		name string
+		h    caddyhttp.MiddlewareHandler
+	}{{"reverse_proxy", stock}}
+	for _, c := range []struct{ name, hedge string }{{"failover", ""}, {"failover-hedge-10ms", "10ms"}, {"failover-hedge-auto", "auto"}} {
+		h := startedHandler(b, fmt.Sprintf(`{"name":%q,"upstreams":%s,"hedge":%q,"health":{"uri":"/health"}}`, "bench-"+c.name, upstreams(addrs...), c.hedge))
+		waitServing(b, h, 2)
+		out = append(out, struct {
+			name string
+			h    caddyhttp.MiddlewareHandler
+		}{c.name, h})
+	}
+	return out
+}
+
+// BenchmarkHedgeTail: one of two backends answers every 50th request after
+// 100ms (1% of all requests); sequential GETs through each handler. It
+// reports the latency quantiles: hedging cuts the tail to about the
+// threshold. Run with a fixed count, e.g. -benchtime=3000x.
+func BenchmarkHedgeTail(b *testing.B) {
+	addrs := []string{sometimesSlow(b, 50, 100*time.Millisecond), sometimesSlow(b, 0, 0)}
+	for _, c := range benchHandlers(b, addrs...) {
+		b.Run(c.name, func(b *testing.B) {
+			w := &discardWriter{h: http.Header{}}
+			for range 100 { // warm the connections, and auto's latencies
+				serve(b, c.h, w, http.MethodGet, nil)
+			}
+			var took []time.Duration
+			for b.Loop() {
+				start := time.Now()
+				serve(b, c.h, w, http.MethodGet, nil)
+				took = append(took, time.Since(start))
+			}
+			slices.Sort(took)
+			q := func(f float64) float64 { return float64(took[int(f*float64(len(took)-1))].Microseconds()) }
+			b.ReportMetric(q(0.5), "p50-µs")
+			b.ReportMetric(q(0.99), "p99-µs")
+			b.ReportMetric(q(0.999), "p99.9-µs")
+			b.ReportMetric(q(1), "max-µs")
+		})
+	}
+}
+
+// BenchmarkHedgeNoFault: GETs through each handler to two backends that
+// always answer at once: what hedging costs when it never fires (one
+// timer reset and stop per request).
+func BenchmarkHedgeNoFault(b *testing.B) {
+	addrs := []string{sometimesSlow(b, 0, 0), sometimesSlow(b, 0, 0)}
+	for _, c := range benchHandlers(b, addrs...) {
+		b.Run(c.name, func(b *testing.B) {
+			w := &discardWriter{h: http.Header{}}
+			for range 100 {
+				serve(b, c.h, w, http.MethodGet, nil)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				serve(b, c.h, w, http.MethodGet, nil)
+			}
+		})
+	}
 }
