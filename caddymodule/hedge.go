@@ -155,7 +155,10 @@ func (t *transport) roundTrip(req *http.Request, parent context.Context, st *req
 		res, err := t.inner.RoundTrip(req)
 		return res, b, err
 	}
-	start := time.Now()
+	var start time.Time
+	if h.hedgeAuto { // auto learns from every answer's latency
+		start = time.Now()
+	}
 	after := h.hedgeThreshold()
 	if after == 0 {
 		res, err := t.inner.RoundTrip(req)
