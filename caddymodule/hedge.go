@@ -200,6 +200,11 @@ func (t *transport) roundTrip(req *http.Request, parent context.Context, st *req
 	}
 	<-hg.done // a failed first attempt waits for the hedge too
 	if hg.winner.Load() == hedgeWon {
+		if err != nil && context.Cause(req.Context()) == nil {
+			// the first failed by itself (neither lost nor rescued):
+			// evidence against b all the same
+			t.failed(parent, b, st, err, false)
+		}
 		h.hedged("won")
 		if h.hedgeAuto {
 			h.lat.record(time.Since(start))
