@@ -172,7 +172,7 @@ func TestHedgeNeverPOST(t *testing.T) {
 // Past the retry budget, a hedge is refused: the request waits for its
 // first attempt.
 func TestHedgeBudgetDenies(t *testing.T) {
-	slow, a := newSlowBackend(t, 200*time.Millisecond)
+	slow, a := newSlowBackend(t, 500*time.Millisecond)
 	_, b := newFastBackend(t)
 	h := startedHandler(t, `{"name":"hedge-budget","upstreams":`+upstreams(a, b)+`,"hedge":"5ms"}`)
 	waitServing(t, h, 2)
@@ -321,7 +321,7 @@ func TestHedgeAutoLearns(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, w.Code)
 	}
-	assert.Equal(t, hedgeFloor, h.hedgeThreshold(), "loopback answers are below the floor")
+	assert.GreaterOrEqual(t, h.hedgeThreshold(), hedgeFloor, "learnt, never below the floor")
 }
 
 // sometimesSlow answers at once, but every every-th request (heartbeats
