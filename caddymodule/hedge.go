@@ -200,10 +200,17 @@ func (t *transport) roundTrip(req *http.Request, parent context.Context, st *req
 	}
 	<-hg.done // a failed first attempt waits for the hedge too
 	if hg.winner.Load() == hedgeWon {
-		if err != nil && context.Cause(req.Context()) == nil {
+		switch cause := context.Cause(req.Context()); {
+		case err != nil && cause == nil:
 			// the first failed by itself (neither lost nor rescued):
 			// evidence against b all the same
 			t.failed(parent, b, st, err, false)
+		case cause == errHedgeWon:
+			// no evidence, but a question: b's heartbeat goes out now,
+			// as its cancelled attempts no longer show it waiting (a
+			// frozen backend's beats would otherwise wait for its
+			// traffic's cover to run out)
+			b.Probe()
 		}
 		h.hedged("won")
 		if h.hedgeAuto {
