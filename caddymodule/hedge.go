@@ -29,8 +29,9 @@ import (
 // reverse_proxy prepared them for the first backend, the body kept whole),
 // sent to the peer's dial address. Its 1xx answers are not forwarded. The
 // winner's answer goes to the client untouched; the loser is cancelled,
-// and its cancellation is not evidence against its backend. A hedge that
-// fails by itself only asks for a heartbeat of its backend.
+// and its cancellation is not evidence against its backend, only a reason
+// to send that backend a heartbeat now. A hedge that fails by itself only
+// asks for a heartbeat of its backend too.
 //
 // The threshold is checked by one timer per hedged request, reused with
 // the request's hedger (no allocation): the timer costs a heap insertion
