@@ -230,17 +230,16 @@ func (b *Backend) oldest() time.Time {
 	return t
 }
 
-// rescue cancels every replayable flight with ErrRescued that the rescue
-// budget allows (see Pool.SetRescueBudget); the others stay registered.
-// The cancel funcs are taken under the lock, so a flight that ended first
-// is never touched.
+// rescue cancels every replayable flight with ErrRescued (the transport
+// then asks the retry budget whether it is replayed); the others stay
+// registered. The cancel funcs are taken under the lock, so a flight that
+// ended first is never touched.
 func (b *Backend) rescue() int {
-	allow := b.pool.rescueBudget.Load()
 	b.flightMu.Lock()
 	var cancels []context.CancelCauseFunc
 	kept := b.flights[:0]
 	for _, f := range b.flights {
-		if f.Cancel == nil || allow != nil && !(*allow)() {
+		if f.Cancel == nil {
 			f.slot = len(kept)
 			kept = append(kept, f)
 			continue

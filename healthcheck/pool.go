@@ -40,8 +40,6 @@ type Pool struct {
 	restartWake chan struct{}
 	// dog watches requests in flight for hangs (suspect.go)
 	dog watchdog
-	// rescueBudget, when set, is asked before each rescue (SetRescueBudget)
-	rescueBudget atomic.Pointer[func() bool]
 
 	ctx     context.Context
 	cancel  context.CancelFunc

@@ -130,18 +130,6 @@ func (s *suspicion) setQuiet(q bool) {
 	}
 }
 
-// SetRescueBudget makes every rescue of a request in flight ask allow
-// first (a retry budget, say): false leaves that request where it is.
-// allow runs under a backend's lock: it must be quick and must not call the
-// pool. nil (the default) allows every rescue.
-func (p *Pool) SetRescueBudget(allow func() bool) {
-	if allow == nil {
-		p.rescueBudget.Store(nil)
-		return
-	}
-	p.rescueBudget.Store(&allow)
-}
-
 // watch is the watchdog's goroutine: asleep while no request is in flight,
 // looking every watchTick while some are.
 func (p *Pool) watch() {
