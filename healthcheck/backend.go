@@ -194,6 +194,9 @@ func (b *Backend) End(f *Flight) (rescued bool) {
 	moved.slot = f.slot
 	b.flights[last] = nil
 	b.flights = b.flights[:last]
+	if last == 0 {
+		b.sus.setQuiet(false) // nothing waits: not quiet, whatever the last look saw
+	}
 	return false
 }
 

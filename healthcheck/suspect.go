@@ -174,26 +174,28 @@ func (p *Pool) look(now time.Time) (busy bool) {
 			continue
 		}
 		busy = true
-		p.lookAt(b, now, now.Sub(oldest))
+		p.lookAt(b, now, oldest)
 	}
 	return busy
 }
 
-// lookAt marks b quiet, and sends it an urgent heartbeat when its request
-// has waited, and b has been silent, longer than its threshold (times its
-// backoff).
-func (p *Pool) lookAt(b *Backend, now time.Time, waited time.Duration) {
+// lookAt marks b quiet, and sends it an urgent heartbeat when it has been
+// silent longer than its threshold (times its backoff) while a request
+// waited: silence counts from its last answer, or from when its oldest
+// request began if that is later (an idle backend is not silent).
+func (p *Pool) lookAt(b *Backend, now, oldest time.Time) {
 	s := &b.sus
 	live := b.answered.Load()
 	if live > s.asked.UnixNano() {
 		s.backoff = 0 // it answers requests again
 	}
-	silent := now.Sub(time.Unix(0, max(live, b.heard.Load())))
+	silent := now.Sub(time.Unix(0, max(live, b.heard.Load(), oldest.UnixNano())))
+	waited := now.Sub(oldest)
 	threshold := s.threshold(p.cfg.Timeout)
 	s.learn(silent, threshold)
 	s.setQuiet(silent > threshold/2)
 	wait := threshold << s.backoff
-	if s.urgent.Load() || waited <= wait || silent <= wait {
+	if s.urgent.Load() || silent <= wait {
 		return
 	}
 	s.asked = now
