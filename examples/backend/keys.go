@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -325,10 +326,16 @@ func (s *server) faultHooks(r *http.Request) hooks {
 		return hooks{}
 	}
 	hit := func(token int) {
-		if token == 1 {
-			fmt.Fprintf(os.Stderr, "backend: %s at %s\n", sig, r.Header.Get("X-Fault-At"))
-			syscall.Kill(os.Getpid(), sig)
+		if token != 1 {
+			return
 		}
+		fmt.Fprintf(os.Stderr, "backend: %s at %s\n", sig, r.Header.Get("X-Fault-At"))
+		// to this thread: it takes the signal on its way out of the
+		// system call, before it can answer; sent to the process, another
+		// thread may take it while this one goes on for a while
+		runtime.LockOSThread()
+		syscall.Tgkill(os.Getpid(), syscall.Gettid(), sig)
+		runtime.UnlockOSThread()
 	}
 	switch r.Header.Get("X-Fault-At") {
 	case "leased":
