@@ -334,7 +334,7 @@ func benchFailover(b *testing.B, ctx caddy.Context, addr string) *Handler {
 	h := &Handler{
 		Handler:        reverseproxy.Handler{Upstreams: reverseproxy.UpstreamPool{{Dial: addr}}},
 		Health:         &HealthConfig{URI: "/health"},
-		IdempotencyKey: true,
+		IdempotencyKey: KeysHonor,
 	}
 	if err := h.Provision(ctx); err != nil {
 		b.Fatal(err)
