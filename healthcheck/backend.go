@@ -51,8 +51,10 @@ type Backend struct {
 	// for the selector to ramp b's share without locking.
 	probation atomic.Int64
 
-	// kick wakes the prober for a beat at once.
-	kick chan struct{}
+	// prober probes b while the pool runs (see scheduler.start); kicked
+	// holds a Probe made before it started.
+	prober atomic.Pointer[prober]
+	kicked atomic.Bool
 
 	// active counts requests in flight (see Acquire), plus idleWaited while
 	// WaitIdle waits: then ReleaseActive's one atomic add returns exactly
@@ -114,10 +116,11 @@ func (b *Backend) Answered() { b.answered.Store(time.Now().UnixNano()) }
 
 // Probe asks for a heartbeat now instead of at the next interval.
 func (b *Backend) Probe() {
-	select {
-	case b.kick <- struct{}{}:
-	default:
+	if pr := b.prober.Load(); pr != nil {
+		pr.s.kick(pr)
+		return
 	}
+	b.kicked.Store(true)
 }
 
 // idleWaited marks active while WaitIdle waits; counts stay below it.
