@@ -58,7 +58,8 @@ func TestDrainAndMaint(t *testing.T) {
 			p.mu.Unlock()
 
 			hold(bs[0]) // again: nothing
-			bs[1].kicked.Store(false) // the pool is not started: a kick waits there
+			// the pool is not started: a kick waits in kicked
+			bs[1].kicked.Store(false)
 			p.Return(bs[1])
 			requireState(t, bs[1], Healthy, ReasonNone) // not held: nothing
 			assert.False(t, bs[1].kicked.Load(), "no beat either")

@@ -475,4 +475,3 @@ func connEvidence(err error) Evidence {
 	}
 	return Miss
 }
-
