@@ -37,8 +37,13 @@ type Backend struct {
 	// guarded is why the panic guard keeps b in service (ReasonNone: it
 	// does not).
 	guarded Reason
-	// lastGood is when b last answered as expected.
+	// lastGood is when b last answered as expected (but see passedAt).
 	lastGood time.Time
+	// steady: b is in service with no bad evidence to forget, so a pass
+	// changes nothing but passedAt (UnixNano), set without the lock (see
+	// observe); both are written under pool.mu, passedAt also without
+	steady   atomic.Bool
+	passedAt atomic.Int64
 
 	// restarts, guarded by pool.mu (see restart.go)
 	lease       uint64    // counts restart requests; identifies the current one

@@ -387,9 +387,9 @@ func (pr *prober) handle(r readResult) {
 // finish applies the verdict of the beat in flight and schedules the next.
 func (pr *prober) finish(e Evidence, cause error) {
 	pr.mu.Lock()
-	took := time.Since(pr.start)
+	took, stopped := time.Since(pr.start), pr.stopped
 	pr.mu.Unlock()
-	if pr.ctx.Err() != nil {
+	if stopped || pr.ctx.Err() != nil {
 		return
 	}
 	if e != Miss && e != Gone {

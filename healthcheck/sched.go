@@ -27,7 +27,8 @@ type scheduler struct {
 
 	mu      sync.Mutex
 	dues    []due     // a min-heap on at
-	expires []expire  // deadlines of beats in flight, in order
+	expires []expire  // deadlines of beats in flight, in order, from head on
+	head    int
 	next    time.Time // when the loop wakes next
 	probers map[*Backend]*prober
 	wake    chan struct{}
@@ -145,10 +146,10 @@ func (s *scheduler) run() {
 		for len(s.dues) > 0 && !s.dues[0].at.After(now) {
 			s.batch = append(s.batch, s.pop())
 		}
-		for len(s.expires) > 0 && !s.expires[0].at.After(now) {
-			s.timeouts = append(s.timeouts, s.expires[0])
-			s.expires[0] = expire{}
-			s.expires = s.expires[1:]
+		for s.head < len(s.expires) && !s.expires[s.head].at.After(now) {
+			s.timeouts = append(s.timeouts, s.expires[s.head])
+			s.expires[s.head] = expire{}
+			s.head++
 		}
 		s.mu.Unlock()
 		for i, e := range s.timeouts {
@@ -166,6 +167,12 @@ func (s *scheduler) run() {
 			}
 			s.batch = s.batch[:0]
 			s.mu.Lock()
+			if s.head > 0 && len(s.expires)+len(s.timeouts) > cap(s.expires) {
+				// reuse the room before head rather than grow
+				n := copy(s.expires, s.expires[s.head:])
+				clear(s.expires[n:])
+				s.expires, s.head = s.expires[:n], 0
+			}
 			s.expires = append(s.expires, s.timeouts...)
 			s.mu.Unlock()
 			clear(s.timeouts)
@@ -176,8 +183,8 @@ func (s *scheduler) run() {
 		if len(s.dues) > 0 {
 			s.next = s.dues[0].at
 		}
-		if len(s.expires) > 0 && s.expires[0].at.Before(s.next) {
-			s.next = s.expires[0].at
+		if s.head < len(s.expires) && s.expires[s.head].at.Before(s.next) {
+			s.next = s.expires[s.head].at
 		}
 		wait := time.Until(s.next)
 		s.mu.Unlock()
