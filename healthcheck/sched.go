@@ -26,8 +26,8 @@ type scheduler struct {
 	grain time.Duration
 
 	mu      sync.Mutex
-	dues    []due     // a min-heap on at
-	expires []expire  // deadlines of beats in flight, in order, from head on
+	dues    []due    // a min-heap on at
+	expires []expire // deadlines of beats in flight, in order, from head on
 	head    int
 	next    time.Time // when the loop wakes next
 	probers map[*Backend]*prober
