@@ -19,8 +19,10 @@ const (
 	// default path "/" is alive) and its connection dropped.
 	maxProbeBody = 64 << 10
 	// answerBuf is the first size of an answer buffer: a typical answer
-	// in one read. It grows (up to maxProbeHead) only for a longer line.
+	// in one read. It grows (up to maxProbeHead) for a longer line, and to
+	// bodyBuf for a longer body, so that a page is skipped in few reads.
 	answerBuf = 512
+	bodyBuf   = 4 << 10
 )
 
 var (
@@ -160,9 +162,10 @@ func (a *answerReader) answer() (r readResult, final bool) {
 			continue // an obsolete folded line: part of the header before
 		}
 		colon := bytes.IndexByte(l, ':')
-		if colon <= 0 || bytes.ContainsAny(l[:colon], " \t") {
+		if colon < 0 {
 			return fail(errMalformed)
 		}
+		// as lenient as net/http with a name it does not know
 		name, value := l[:colon], bytes.TrimSpace(l[colon+1:])
 		switch {
 		case equalFold(name, "Content-Length"):
@@ -219,6 +222,9 @@ func (a *answerReader) skip(n int) bool {
 			return true
 		}
 		a.off, a.end = 0, 0
+		if n > len(a.buf) && len(a.buf) < bodyBuf {
+			a.buf = make([]byte, bodyBuf)
+		}
 		if err := a.fill(len(a.buf)); err != nil {
 			return false
 		}
