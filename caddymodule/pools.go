@@ -24,6 +24,10 @@ type runningPool struct {
 	held *atomic.Int64
 	obs  *observer
 	ops  *poolOps
+	// budget bounds the extra attempts (hedges, rescues) of all its
+	// handlers; lat is their answer latencies, for hedge auto
+	budget *budget
+	lat    *latencies
 }
 
 func (p runningPool) Destruct() error {
@@ -51,7 +55,7 @@ func acquirePool(addrs []string, cfg healthcheck.Config, tlsKey string) (running
 	key := poolKey(addrs, cfg, tlsKey)
 	v, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
 		p := healthcheck.NewPool(addrs, cfg, nil)
-		return runningPool{p, new(atomic.Int64), newObserver(p), new(poolOps)}, nil
+		return runningPool{p, new(atomic.Int64), newObserver(p), new(poolOps), newBudget(), new(latencies)}, nil
 	})
 	if err != nil {
 		return runningPool{}, "", err
