@@ -39,9 +39,9 @@ type Backend struct {
 	guarded Reason
 	// lastGood is when b last answered as expected (but see passedAt).
 	lastGood time.Time
-	// steady: b is in service with no bad evidence to forget, so a pass
-	// changes nothing but passedAt (UnixNano), set without the lock (see
-	// observe); both are written under pool.mu, passedAt also without
+	// steady (written under pool.mu, by apply): b is in service with no
+	// bad evidence to forget, so a pass changes nothing but passedAt
+	// (UnixNano), which observe then sets without the lock
 	steady   atomic.Bool
 	passedAt atomic.Int64
 
