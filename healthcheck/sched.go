@@ -205,11 +205,13 @@ func (s *scheduler) run() {
 // stopAll stops every prober (the pool closes).
 func (s *scheduler) stopAll() {
 	s.mu.Lock()
-	probers := s.probers
-	s.probers = map[*Backend]*prober{}
+	backends := make([]*Backend, 0, len(s.probers))
+	for b := range s.probers {
+		backends = append(backends, b)
+	}
 	s.mu.Unlock()
-	for _, pr := range probers {
-		pr.stop()
+	for _, b := range backends {
+		s.stop(b)
 	}
 }
 
