@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -373,15 +374,49 @@ func (pr *prober) handle(r readResult) {
 			return
 		}
 		pr.finish(connEvidence(err), err)
-	case r.err != nil:
-		pr.finish(Miss, fmt.Errorf("bad heartbeat answer: %w", r.err))
-	case r.drain:
-		pr.finish(DrainAnnounced, fmt.Errorf("heartbeat %s answered %d with %s", pr.cfg.Path, r.status, DrainHeader))
-	case !pr.cfg.statusOK(r.status):
-		pr.finish(WrongStatus, fmt.Errorf("heartbeat %s answered %d", pr.cfg.Path, r.status))
 	default:
-		pr.finish(Pass, nil)
+		pr.finish(pr.verdict(r))
 	}
+}
+
+// verdict judges an answer, or the error that came instead.
+func (pr *prober) verdict(r readResult) (Evidence, error) {
+	switch {
+	case r.err != nil && r.bad:
+		return Miss, fmt.Errorf("bad heartbeat answer: %w", r.err)
+	case r.err != nil:
+		return connEvidence(r.err), r.err
+	case r.drain:
+		return DrainAnnounced, fmt.Errorf("heartbeat %s answered %d with %s", pr.cfg.Path, r.status, DrainHeader)
+	case !pr.cfg.statusOK(r.status):
+		return WrongStatus, fmt.Errorf("heartbeat %s answered %d", pr.cfg.Path, r.status)
+	}
+	return Pass, nil
+}
+
+// beat sends one heartbeat on a connection of its own, closed after it,
+// and judges it within cfg.Timeout, on the caller's goroutine, outside
+// the scheduler: the urgent beat of suspect.go.
+func (pr *prober) beat() (Evidence, error) {
+	pr.b.beats.Add(1)
+	deadline := time.Now().Add(pr.cfg.Timeout)
+	conn, err := pr.dialConn(deadline)
+	if err != nil {
+		return connEvidence(err), err
+	}
+	defer conn.Close()
+	pr.b.conns.Add(1)
+	_ = conn.SetDeadline(deadline)
+	if _, err := conn.Write(pr.req); err != nil {
+		return connEvidence(err), err
+	}
+	var a answerReader
+	a.reset(conn, pr.head)
+	r := a.next()
+	if errors.Is(r.err, os.ErrDeadlineExceeded) {
+		return Miss, fmt.Errorf("heartbeat timed out after %v", pr.cfg.Timeout)
+	}
+	return pr.verdict(r)
 }
 
 // finish applies the verdict of the beat in flight and schedules the next.
@@ -394,6 +429,7 @@ func (pr *prober) finish(e Evidence, cause error) {
 	}
 	if e != Miss && e != Gone {
 		pr.b.lastBeat.Store(int64(took)) // answered
+		pr.b.heard.Store(time.Now().UnixNano())
 	}
 	pr.p.observe(pr.b, e, cause)
 	if pr.onBeat != nil {
