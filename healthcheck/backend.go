@@ -10,7 +10,10 @@ import (
 // Backend is one upstream of a Pool. Its state changes only through the
 // pool (Pool.observe); the hot path reads the atomics without locking.
 type Backend struct {
-	Addr  string
+	Addr string
+	// Index is b's place in the pool's first backends, and for a backend
+	// added later (Pool.Add) the next number: unique in its pool, never
+	// reused.
 	Index int
 
 	pool *Pool
@@ -53,6 +56,8 @@ type Backend struct {
 
 	// kick wakes the prober for a beat at once.
 	kick chan struct{}
+	// stopProbe ends b's prober; guarded by pool.mu
+	stopProbe context.CancelFunc
 
 	// active counts requests in flight (see Acquire), plus idleWaited while
 	// WaitIdle waits: then ReleaseActive's one atomic add returns exactly

@@ -37,6 +37,7 @@ var errHeadTooLong = fmt.Errorf("status line and headers over %d bytes", maxProb
 type prober struct {
 	p   *Pool
 	b   *Backend
+	ctx context.Context // ends the prober (see Pool.startProbing)
 	cfg Config
 	req []byte // the heartbeat request, built once
 	// reqHead is what the answer reader knows of the request (its method:
@@ -76,7 +77,7 @@ func (p *Pool) OnBeat(f func(b *Backend, e Evidence, latency time.Duration)) {
 	p.mu.Unlock()
 }
 
-func newProber(p *Pool, b *Backend) *prober {
+func newProber(ctx context.Context, p *Pool, b *Backend) *prober {
 	network, addr, host := probeTarget(b.Addr, p.cfg.Port)
 	req := heartbeatRequest(p.cfg, host)
 	cfg := p.cfg
@@ -92,7 +93,7 @@ func newProber(p *Pool, b *Backend) *prober {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-	return &prober{p: p, b: b, cfg: cfg, req: req, reqHead: &http.Request{Method: cfg.Method},
+	return &prober{ctx: ctx, p: p, b: b, cfg: cfg, req: req, reqHead: &http.Request{Method: cfg.Method},
 		network: network, addr: addr, timer: t, rnd: rnd, onBeat: p.onBeat}
 }
 
@@ -101,7 +102,7 @@ func (pr *prober) run() {
 	// First beats go out at once in a small pool; a large one spreads them
 	// (100µs a backend, at most an interval) so that thousands of connects
 	// do not land together and time out each other.
-	if spread := min(time.Duration(len(pr.p.backends))*100*time.Microsecond, pr.cfg.Interval); spread > time.Millisecond {
+	if spread := min(time.Duration(len(pr.p.Backends()))*100*time.Microsecond, pr.cfg.Interval); spread > time.Millisecond {
 		if !pr.sleep(time.Duration(pr.rnd.Int64N(int64(spread)))) {
 			return
 		}
@@ -119,7 +120,7 @@ func (pr *prober) run() {
 		start := time.Now()
 		e, cause := pr.beat()
 		took := time.Since(start)
-		if pr.p.ctx.Err() != nil {
+		if pr.ctx.Err() != nil {
 			return
 		}
 		if e != Miss && e != Gone {
@@ -209,7 +210,7 @@ func (pr *prober) onGrid(d time.Duration) time.Duration {
 func (pr *prober) sleep(d time.Duration) bool {
 	pr.forced = d <= 0
 	if d <= 0 {
-		return pr.p.ctx.Err() == nil
+		return pr.ctx.Err() == nil
 	}
 	pr.timer.Reset(pr.onGrid(d))
 	defer pr.timer.Stop()
@@ -219,7 +220,7 @@ func (pr *prober) sleep(d time.Duration) bool {
 			closed = pr.w.results
 		}
 		select {
-		case <-pr.p.ctx.Done():
+		case <-pr.ctx.Done():
 			return false
 		case <-pr.b.kick:
 			pr.forced = true
@@ -276,8 +277,8 @@ func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale boo
 	pr.timer.Reset(time.Until(deadline))
 	defer pr.timer.Stop()
 	select {
-	case <-pr.p.ctx.Done():
-		return Miss, pr.p.ctx.Err(), false
+	case <-pr.ctx.Done():
+		return Miss, pr.ctx.Err(), false
 	case <-pr.timer.C:
 		pr.drop()
 		return Miss, fmt.Errorf("heartbeat timed out after %v", pr.cfg.Timeout), false
@@ -303,7 +304,7 @@ func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale boo
 }
 
 func (pr *prober) connect(deadline time.Time) error {
-	ctx, cancel := context.WithDeadline(pr.p.ctx, deadline)
+	ctx, cancel := context.WithDeadline(pr.ctx, deadline)
 	defer cancel()
 	conn, err := pr.dial.DialContext(ctx, pr.network, pr.addr)
 	if err != nil {

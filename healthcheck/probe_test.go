@@ -314,7 +314,7 @@ func TestReadyWakesWaiter(t *testing.T) {
 func TestBeatsNotInLockstep(t *testing.T) {
 	const iv = time.Second
 	p := NewPool([]string{"a:1", "b:1"}, Config{Interval: iv}, nil)
-	a, b := newProber(p, p.Backends()[0]), newProber(p, p.Backends()[1])
+	a, b := newProber(p.ctx, p, p.Backends()[0]), newProber(p.ctx, p, p.Backends()[1])
 	a.rnd, b.rnd = rand.New(rand.NewPCG(1, 2)), rand.New(rand.NewPCG(3, 4))
 	const n = 10000
 	var tenths [10]int // how many waits fall in each tenth of ±10%
@@ -579,7 +579,7 @@ func TestLiveTrafficSavesBeats(t *testing.T) {
 func TestBeatSchedule(t *testing.T) {
 	const iv = 100 * time.Millisecond
 	p := NewPool([]string{"a:1"}, Config{Interval: iv}, nil)
-	pr := newProber(p, p.Backends()[0])
+	pr := newProber(p.ctx, p, p.Backends()[0])
 	near := func(want time.Duration, e Evidence) {
 		t.Helper()
 		got := pr.after(e)
