@@ -13,7 +13,7 @@ import (
 // of all its backends happen under one mutex, in observe: transitions are
 // rare, and one lock makes the panic guard exact.
 type Pool struct {
-	id       uint64
+	id  uint64
 	cfg Config
 	// backends, guarded by mu, is replaced whole on a change (members.go),
 	// never changed in place; members publishes it for lock-free readers
