@@ -291,7 +291,7 @@ func TestRescueFromAHungBackend(t *testing.T) {
 	}
 	wg.Wait()
 	assert.True(t, hung.served.Load(), "a request reached the hung backend and was rescued")
-	st, reason, _ := h.backends[0].State()
+	st, reason, _ := h.pool.Backends()[0].State()
 	assert.Equal(t, "ejected", st.String())
 	assert.Equal(t, "hang", reason.String())
 }
