@@ -112,12 +112,12 @@ type Handler struct {
 	members *atomic.Pointer[members]
 	addrs   []string
 	// the dynamic pool and source, if the upstreams are dynamic
-	dyn    *dynamicPool
-	source *upstreamSource
-	methods  map[string]struct{}
-	hold     time.Duration
-	maxHeld  int64
-	retries  int
+	dyn     *dynamicPool
+	source  *upstreamSource
+	methods map[string]struct{}
+	hold    time.Duration
+	maxHeld int64
+	retries int
 	// held counts the requests its pool holds now, for max_held
 	held      *atomic.Int64
 	obs       *observer // the pool's metrics, events and counters
