@@ -104,7 +104,7 @@ func TestDynamicPoolFollowsItsSource(t *testing.T) {
 
 	for _, fail := range []func(){
 		func() { src.set(errors.New("SERVFAIL")) },
-		func() { src.set(nil) },                          // nothing answered
+		func() { src.set(nil) },                           // nothing answered
 		func() { src.set(nil, "{http.request.host}:80") }, // nothing usable
 	} {
 		fail()
