@@ -111,13 +111,15 @@ type Handler struct {
 	// static pool, the pool's for a dynamic one
 	members *atomic.Pointer[members]
 	addrs   []string
-	// the dynamic pool and source, if the upstreams are dynamic
-	dyn     *dynamicPool
-	source  *upstreamSource
-	methods map[string]struct{}
-	hold    time.Duration
-	maxHeld int64
-	retries int
+	// the dynamic pool and source (and its JSON), if the upstreams are
+	// dynamic
+	dyn        *dynamicPool
+	source     *upstreamSource
+	sourceJSON string
+	methods    map[string]struct{}
+	hold       time.Duration
+	maxHeld    int64
+	retries    int
 	// held counts the requests its pool holds now, for max_held
 	held      *atomic.Int64
 	obs       *observer // the pool's metrics, events and counters
@@ -336,7 +338,7 @@ func (h *Handler) provisionSource(ctx caddy.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("failover: loading the dynamic upstream source: %v", err)
 	}
-	h.DynamicUpstreamsRaw = nil
+	h.DynamicUpstreamsRaw, h.sourceJSON = nil, key
 	h.source = &upstreamSource{UpstreamSource: mod.(reverseproxy.UpstreamSource), every: every, log: h.logger.Named("dynamic")}
 	return key, nil
 }
