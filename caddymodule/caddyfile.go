@@ -55,7 +55,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_held <n>
 //		retries <n>
 //		retry_methods <methods...>
-//		idempotency_key
+//		idempotency_key [generate]
+//		hedge <duration|auto>
 //		request_buffers <size>
 //		spawn <command> [<args...>] { ... }
 //		restart <restarter> ...
@@ -301,11 +302,26 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			}
 			h.RetryMethods = append(h.RetryMethods, m)
 		}
-	case "idempotency_key":
-		if d.NextArg() {
-			return true, d.Errf("idempotency_key %q: takes no arguments", d.Val())
+	case "hedge":
+		v, err := oneArg(d)
+		if err != nil {
+			return true, err
 		}
-		h.IdempotencyKey = true
+		if err := checkHedge(v); err != nil {
+			return true, d.Errf("hedge %q: %v", v, err)
+		}
+		h.Hedge = v
+	case "idempotency_key":
+		h.IdempotencyKey = KeysHonor
+		if d.NextArg() {
+			if d.Val() != "generate" {
+				return true, d.Errf("idempotency_key %q: want no argument (honour keys clients send) or generate", d.Val())
+			}
+			h.IdempotencyKey = KeysGenerate
+		}
+		if d.NextArg() {
+			return true, d.Errf("idempotency_key %q: takes at most one argument, generate", d.Val())
+		}
 	case "request_buffers":
 		v, err := oneArg(d)
 		if err != nil {

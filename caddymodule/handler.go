@@ -73,8 +73,21 @@ type Handler struct {
 	RetryMethods []string `json:"retry_methods,omitempty"`
 
 	// Also replay requests that carry an Idempotency-Key header: the route
-	// promises its backends honour the key.
-	IdempotencyKey bool `json:"idempotency_key,omitempty"`
+	// promises its backends keep the key's contract (execute a key at most
+	// once, answer a repeat with the stored result: docs/idempotency.md).
+	// true honours keys clients send; "generate" also gives a new key (a
+	// random UUID) to every request whose method is not in retry_methods
+	// that carries none, before its first attempt. Default false.
+	IdempotencyKey IdempotencyKeys `json:"idempotency_key,omitempty"`
+
+	// Hedge sends a replayable request that has had no answer after this
+	// duration a second time, to a backend in service it has not tried;
+	// the first answer wins and the other attempt is cancelled. "auto":
+	// after the 95th percentile of the pool's recent answer latencies, at
+	// least 10ms. Hedges and rescued replays together stay within the
+	// pool's retry budget: 20% of its requests plus 10/s, over 10s.
+	// Default off.
+	Hedge string `json:"hedge,omitempty"`
 
 	// Restart asks a supervisor to restart hung backends: a module in the
 	// failover.restarters namespace (http, exec, signal, supervisord).
@@ -120,6 +133,16 @@ type Handler struct {
 	hold       time.Duration
 	maxHeld    int64
 	retries    int
+	// hedging: hedgeAfter, or auto from lat; dials are the peers' dial
+	// addresses (hedge.go)
+	hedging    bool
+	hedgeAuto  bool
+	hedgeAfter time.Duration
+	dials      []reverseproxy.DialInfo
+	// budget bounds hedges and rescues; lat tracks answer latencies;
+	// both are the pool's
+	budget *budget
+	lat    *latencies
 	// held counts the requests its pool holds now, for max_held
 	held      *atomic.Int64
 	obs       *observer // the pool's metrics, events and counters
@@ -209,6 +232,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.provisionRetryRules()
+	if err := h.provisionHedge(); err != nil {
+		return err
+	}
 
 	inner, err := h.provisionInnerTransport(ctx)
 	if err != nil {
@@ -230,6 +256,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if !ok {
 		return fmt.Errorf("failover: transport %T: only the http transport is supported (heartbeats speak HTTP)", inner)
 	}
+	if h.hedging && ht.ProxyProtocol != "" {
+		return fmt.Errorf("failover: hedge: not with the transport's proxy_protocol, whose header is per client connection")
+	}
 	tlsKey := ""
 	if ht.TLS != nil && ht.Transport != nil && ht.Transport.TLSClientConfig != nil {
 		// heartbeats trust what the proxy trusts: CAs, client certs, server name
@@ -249,6 +278,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.pool, h.poolKey, h.held, h.obs, h.ops, h.dyn = rp.Pool, key, rp.held, rp.obs, rp.ops, rp.dyn
+	h.budget, h.lat = rp.budget, rp.lat
 	if h.dyn != nil {
 		h.members = &h.dyn.members
 	} else {
@@ -269,9 +299,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	h.Transport = &transport{inner: inner, h: h}
+	sel := &selector{h: h}
+	h.Transport = &transport{inner: inner, h: h, sel: sel}
 	h.LoadBalancing = &reverseproxy.LoadBalancing{
-		SelectionPolicy: &selector{h: h},
+		SelectionPolicy: sel,
 		// Caddy's loop ends after this many iterations; our selector ends
 		// it sooner (see Select).
 		Retries: math.MaxInt32,
@@ -387,6 +418,7 @@ var errNoBackend = errors.New("no backend in service")
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.count.active.Add(1)
 	defer h.done()
+	h.budget.record()
 	st := getRequestState()
 	defer putRequestState(st)
 	if r.ContentLength == 0 {
@@ -405,6 +437,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		case holdExpired:
 			return h.noBackend(w)
 		}
+	}
+	if h.IdempotencyKey == KeysGenerate {
+		h.giveKey(r)
 	}
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	err := h.Handler.ServeHTTP(w, r, next)

@@ -24,7 +24,11 @@ type runningPool struct {
 	held *atomic.Int64
 	obs  *observer
 	ops  *poolOps
-	dyn  *dynamicPool // nil: static upstreams
+	// budget bounds the extra attempts (hedges, rescues) of all its
+	// handlers; lat is their answer latencies, for hedge auto
+	budget *budget
+	lat    *latencies
+	dyn    *dynamicPool // nil: static upstreams
 }
 
 func (p runningPool) Destruct() error {
@@ -58,7 +62,7 @@ func acquirePool(addrs []string, source string, cfg healthcheck.Config, tlsKey s
 	key := poolKey(addrs, source, cfg, tlsKey)
 	v, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
 		p := healthcheck.NewPool(addrs, cfg, nil)
-		rp := runningPool{p, new(atomic.Int64), newObserver(p), new(poolOps), nil}
+		rp := runningPool{p, new(atomic.Int64), newObserver(p), new(poolOps), newBudget(), new(latencies), nil}
 		if source != "" {
 			rp.dyn = newDynamicPool(p, rp.obs)
 		}

@@ -43,6 +43,8 @@ const (
 	MaxRestartTimeout = time.Hour
 	MinSlowStart      = 100 * time.Millisecond
 	MaxSlowStart      = time.Hour
+	MinHedge          = time.Millisecond
+	MaxHedge          = time.Minute
 
 	// Bounds of a dynamic source's refresh: how often failover looks it up.
 	MinLookupRefresh = 100 * time.Millisecond
@@ -65,6 +67,7 @@ var durationBounds = map[string]struct {
 	"restart_after":   {MinRestartAfter, MaxRestartAfter, time.Second, "restart_after"},
 	"restart_timeout": {MinRestartTimeout, MaxRestartTimeout, 30 * time.Second, "restart_timeout"},
 	"slow_start":      {MinSlowStart, MaxSlowStart, 0, "slow_start"},
+	"hedge":           {MinHedge, MaxHedge, 0, "hedge"},
 }
 
 // countBounds are the whole-number settings by subdirective.
@@ -215,6 +218,21 @@ func checkHeldBodies(maxHeld int, buffers int64) error {
 	return nil
 }
 
+// checkHedge checks a hedge setting: auto, or a duration within bounds.
+func checkHedge(v string) error {
+	if v == hedgeAuto {
+		return nil
+	}
+	d, err := caddy.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("not auto nor a duration like 50ms")
+	}
+	if err := checkDuration("hedge", d); err != nil {
+		return fmt.Errorf("%v, or auto", err)
+	}
+	return nil
+}
+
 // checkHealthURI checks a heartbeat path.
 func checkHealthURI(uri string) error {
 	if !strings.HasPrefix(uri, "/") {
@@ -251,6 +269,9 @@ func (h *Handler) validate() error {
 			return err
 		}
 	}
+	if h.IdempotencyKey > KeysGenerate {
+		return fmt.Errorf("failover: idempotency_key %d: want false, true or \"generate\"", h.IdempotencyKey)
+	}
 	if err := validateCount("max_held", h.MaxHeld, true); err != nil {
 		return err
 	}
@@ -265,6 +286,11 @@ func (h *Handler) validate() error {
 	} {
 		if err := validateDuration(sub, d); err != nil {
 			return err
+		}
+	}
+	if h.Hedge != "" {
+		if err := checkHedge(h.Hedge); err != nil {
+			return fmt.Errorf("failover: hedge %q: %v, or empty for off", h.Hedge, err)
 		}
 	}
 	if h.RequestBuffers != 0 {
@@ -332,6 +358,8 @@ func (h *Handler) checkUpstreams() error {
 	switch {
 	case dynamic && h.Spawn != nil:
 		return fmt.Errorf("failover: dynamic upstreams with spawn: spawn gives the upstreams; use one or the other")
+	case dynamic && h.Hedge != "":
+		return fmt.Errorf("failover: hedge with dynamic upstreams is not supported (yet)")
 	case dynamic && len(h.Upstreams) > 0:
 		return fmt.Errorf("failover: %v", errStaticAndDynamic)
 	case !dynamic && len(h.Upstreams) == 0:

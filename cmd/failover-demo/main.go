@@ -127,10 +127,13 @@ const stockDirective = `reverse_proxy {{upstreams}} {
 	}
 }`
 
-// defaultDirective runs the pool under failover's built-in supervisor.
+// defaultDirective runs the pool under failover's built-in supervisor. With
+// -keys failover gives every POST an Idempotency-Key and the backends keep
+// the key's contract in a shared store.
 const defaultDirective = `failover {
-	health_uri /health
-	spawn {{.BackendBin}} -addr {backend} -id b{index} -records {{.Records}} {
+	health_uri /health{{if .Keys}}
+	idempotency_key generate{{end}}
+	spawn {{.BackendBin}} -addr {backend} -id b{index} -records {{.Records}}{{if .Keys}} -keys-dir {{.KeysDir}}{{end}} {
 		to {{upstreams}}
 	}
 }`
@@ -157,6 +160,7 @@ type config struct {
 	Directive      string        `json:"directive"`
 	StockDirective string        `json:"stock_directive,omitempty"`
 	Compare        bool          `json:"compare"`
+	Keys           bool          `json:"keys"`
 	JSON           string        `json:"-"`
 	HTML           string        `json:"-"`
 	Keep           bool          `json:"-"`
@@ -180,7 +184,8 @@ func main() {
 	flag.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "unmeasured GET load before each run, so that every proxy starts warm")
 	flag.DurationVar(&cfg.Poll, "poll", 10*time.Millisecond, "how often to read the proxy's backend states from Caddy's admin API; 0: never (no states, no eject latencies)")
 	flag.StringVar(&cfg.Directive, "directive", defaultDirective,
-		"the site block, a Go template: {{upstreams}} is \"127.0.0.1:P1 127.0.0.1:P2 …\" ({{.Upstreams}} too), {{.Addrs}} the list, {{.BackendBin}} the example backend, {{.Records}} the order record file; with spawn Caddy runs the backends, else the demo does")
+		"the site block, a Go template: {{upstreams}} is \"127.0.0.1:P1 127.0.0.1:P2 …\" ({{.Upstreams}} too), {{.Addrs}} the list, {{.BackendBin}} the example backend, {{.Records}} the order record file, {{.Keys}} -keys and {{.KeysDir}} the backends' key store; with spawn Caddy runs the backends, else the demo does")
+	flag.BoolVar(&cfg.Keys, "keys", false, "exactly-once POSTs: the backends keep Idempotency-Keys in a shared store (-keys-dir), and the default site block has failover generate a key for every POST (idempotency_key generate); {{.Keys}} is true in the site block template")
 	flag.BoolVar(&cfg.Compare, "compare", false, "run the same scenario through stock reverse_proxy (-stock-directive) too, and compare")
 	flag.StringVar(&cfg.StockDirective, "stock-directive", stockDirective, "the site block of the -compare run")
 	flag.StringVar(&cfg.JSON, "json", "", "also write the runs (config, reports, faults, restarts, transitions, timelines) as JSON to this `file`")
@@ -272,8 +277,8 @@ func run(ctx context.Context, cfg config) error {
 	if len(cfg.Faults) == 0 {
 		plan = nil
 	}
-	fmt.Printf("load: %d clients for %v per proxy, %.0f%% POST; %d faults (%s), one every %v, seed %d\n",
-		cfg.Concurrency, cfg.Duration, 100*cfg.PostRatio, len(plan), strings.Join(cfg.Faults, ","), cfg.Every, cfg.Seed)
+	fmt.Printf("load: %d clients for %v per proxy, %.0f%% POST%s; %d faults (%s), one every %v, seed %d\n",
+		cfg.Concurrency, cfg.Duration, 100*cfg.PostRatio, map[bool]string{true: " (backends keep Idempotency-Keys)"}[cfg.Keys], len(plan), strings.Join(cfg.Faults, ","), cfg.Every, cfg.Seed)
 
 	var runs []*chaos.Run
 	for i, p := range proxies {
@@ -373,7 +378,7 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 	events := filepath.Join(dir, "events.log")
 	spawned := spawns(p.block)
 	rigCfg := chaos.RigConfig{
-		CaddyBin: caddyBin, BackendBin: backendBin, Dir: dir, Backends: cfg.Backends,
+		CaddyBin: caddyBin, BackendBin: backendBin, Dir: dir, Backends: cfg.Backends, Keys: cfg.Keys,
 		Globals: chaos.EventLogOptions(events) + "\n" + chaos.QuietAdminLog,
 	}
 	if spawned { // Caddy runs them: only pick their ports
@@ -521,7 +526,7 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 		stopSpawned()
 	}
 
-	rep, err := chaos.Analyze(res, rig.Records())
+	rep, err := chaos.Analyze(res, rig.RecordFiles()...)
 	if err != nil {
 		return nil, err
 	}
@@ -672,6 +677,9 @@ func machine() string {
 func scenario(cfg config, faults int) string {
 	s := fmt.Sprintf("%v per proxy after a %v warm-up, %d backends, %d closed-loop clients, %.0f%% POST /order, GET /work?ms=%d; ",
 		cfg.Duration, cfg.Warmup, cfg.Backends, cfg.Concurrency, 100*cfg.PostRatio, cfg.WorkMs)
+	if cfg.Keys {
+		s += "the backends keep Idempotency-Keys in a shared store (-keys); "
+	}
 	if faults == 0 {
 		s += "no faults"
 	} else {

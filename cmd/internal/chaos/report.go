@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -132,8 +133,9 @@ func (n *Nines) UnmarshalJSON(b []byte) error {
 const maxExampleIDs = 10
 
 // Analyze computes a Report from load results and the record files the
-// backends appended executed orders to (lines "<request-id> <pid>"). The
-// record files should be fresh for the run: every line counts.
+// backends appended executed orders to (lines "<request-id> <pid>"), or
+// key stores they committed keyed orders to (see readRecords). The record
+// files should be fresh for the run: every line counts.
 func Analyze(res *Results, recordFiles ...string) (Report, error) {
 	rep := Report{
 		Wall:             Duration(res.End.Sub(res.Start)),
@@ -231,15 +233,35 @@ func Analyze(res *Results, recordFiles ...string) (Report, error) {
 	return rep, nil
 }
 
-// readRecords counts the record lines of one file by request id.
+// readRecords counts the record lines of one file by request id. A
+// directory is a backend's Idempotency-Key store (examples/backend
+// -keys-dir): each of its committed results (*.done) is one execution, and
+// its first line the record line.
 func readRecords(name string, executed map[string]int, rep *Report) error {
+	if fi, err := os.Stat(name); err == nil && fi.IsDir() {
+		done, err := filepath.Glob(filepath.Join(name, "*.done"))
+		if err != nil {
+			return fmt.Errorf("chaos: reading records: %w", err)
+		}
+		for _, f := range done {
+			if err := readLines(f, 1, executed, rep); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return readLines(name, -1, executed, rep)
+}
+
+// readLines counts the first max record lines of a file (-1: all).
+func readLines(name string, max int, executed map[string]int, rep *Report) error {
 	f, err := os.Open(name)
 	if err != nil {
 		return fmt.Errorf("chaos: reading records: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	for n := 0; n != max && sc.Scan(); n++ {
 		rep.RecordLines++
 		fields := strings.Fields(sc.Text())
 		if len(fields) != 2 {
