@@ -72,7 +72,8 @@ var endLoop = &reverseproxy.Upstream{Dial: "failover.stopped:1-2"}
 
 // pick returns the next backend in service that st has not failed on, or -1.
 // A backend on probation (slow start) takes only its share of its turns,
-// unless nothing else is left.
+// and a quiet one (requests wait on it, no answer lately: maybe frozen)
+// none, unless nothing else is left.
 func (s *selector) pick(st *requestState, backends []*healthcheck.Backend) int {
 	n := len(backends)
 	if n == 0 {
@@ -83,7 +84,7 @@ func (s *selector) pick(st *requestState, backends []*healthcheck.Backend) int {
 	for range n {
 		b := backends[i]
 		if b.InService() && !st.hasTried(b, b.Gen()) {
-			if !b.InProbation() || rand.Float64() < b.Share(time.Now()) {
+			if !b.Quiet() && (!b.InProbation() || rand.Float64() < b.Share(time.Now())) {
 				return i
 			}
 			if fallback < 0 {

@@ -411,7 +411,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	chs := beats(p)
 	p.Start()
 	p.Start() // a second Start starts nothing
-	assert.Equal(t, 1, stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).Start in "), "the restart supervisor")
+	assert.Equal(t, 2, stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).Start in "), "the restart supervisor and the watchdog")
 	assert.Equal(t, len(addrs), stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).startProbing"), "one prober per backend")
 	rec.healthy(0)
 	for nextBeat(t, chs[1], "a refused beat").e != Gone {

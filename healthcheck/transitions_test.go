@@ -96,6 +96,7 @@ func TestTransitionTable(t *testing.T) {
 			}
 			p.restartRound(at)
 		}},
+		{"suspect", 2, 2, false, func(p *Pool, b *Backend) { p.suspect(b, errTest) }},
 	}
 
 	// setups, on backend 0; others are in service unless alone
@@ -150,47 +151,50 @@ func TestTransitionTable(t *testing.T) {
 		RH = "restarting(hang)"
 		RC = "restarting(crash)"
 		RL = "restarting(lease-expired)"
+		S  = "suspected"
 	)
 	rows := []struct {
 		state string // reached by setup
 		alone bool   // the only backend that may be in service
 		guard Reason // the panic guard's reason after setup
 		setup func(*Pool, *Backend)
-		cells [17]string
+		cells [18]string
 	}{
-		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow
+		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow suspect
 		{U, false, ReasonNone, func(*Pool, *Backend) {},
-			[17]string{H, H, "-", EH, "-", "-", EB, "-", DA, D, M, "-", "-", "-", "-", "-", "-"}},
+			[18]string{H, H, "-", EH, "-", "-", EB, "-", DA, D, M, "-", "-", "-", "-", "-", "-", "-"}},
 		{H, false, ReasonNone, ev(Pass),
-			[17]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
+			[18]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", S}},
 		{P, false, ReasonNone, probation,
-			[17]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", H}},
+			[18]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", H, S}},
 		{H, true, Hang, hang,
-			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", "-"}},
+			[18]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", "-", "-"}},
 		{H, true, BadStatus, seq(hang, ev(WrongStatus)),
-			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
+			[18]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-"}},
 		{P, true, Hang, seq(probation, ev(Timeout)),
-			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H}},
+			[18]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H, "-"}},
 		{EC, false, ReasonNone, seq(ev(Pass), ev(Gone)),
-			[17]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-"}},
+			[18]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-", "-"}},
 		{EH, false, ReasonNone, hang,
-			[17]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-"}},
+			[18]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-", "-"}},
 		{EB, false, ReasonNone, func(p *Pool, b *Backend) { feed(p, b, Pass); feedUntil(p, b, WrongStatus, Ejected) },
-			[17]string{"-", P, "-", EH, "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
+			[18]string{"-", P, "-", EH, "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-"}},
 		{EL, false, ReasonNone, leaseExpired,
-			[17]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RL, RL, "-", "-", "-"}},
+			[18]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RL, RL, "-", "-", "-", "-"}},
 		{RH, false, ReasonNone, seq(hang, restartDue),
-			[17]string{EH, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EH, "-"}},
+			[18]string{EH, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EH, "-", "-"}},
 		{RC, false, ReasonNone, restartingCrash,
-			[17]string{EC, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EC, "-"}},
+			[18]string{EC, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EC, "-", "-"}},
 		{RL, false, ReasonNone, seq(leaseExpired, restartDue),
-			[17]string{EL, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EL, "-"}},
+			[18]string{EL, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EL, "-", "-"}},
+		{S, false, ReasonNone, seq(ev(Pass), func(p *Pool, b *Backend) { p.suspect(b, errTest) }),
+			[18]string{H, H, EH, EH, EH, EB, EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-"}},
 		{D, false, ReasonNone, seq(ev(Pass), (*Pool).Drain),
-			[17]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-"}},
+			[18]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-", "-"}},
 		{DA, false, ReasonNone, seq(ev(Pass), ev(DrainAnnounced)),
-			[17]string{P, P, "-", "-", "-", "-", "-", "-", "-", D, M, U, "-", "-", "-", "-", "-"}},
+			[18]string{P, P, "-", "-", "-", "-", "-", "-", "-", D, M, U, "-", "-", "-", "-", "-", "-"}},
 		{M, false, ReasonNone, seq(ev(Pass), (*Pool).Maint),
-			[17]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-"}},
+			[18]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-", "-"}},
 	}
 
 	for _, row := range rows {
