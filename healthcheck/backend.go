@@ -10,7 +10,10 @@ import (
 // Backend is one upstream of a Pool. Its state changes only through the
 // pool (Pool.observe); the hot path reads the atomics without locking.
 type Backend struct {
-	Addr  string
+	Addr string
+	// Index is b's place in the pool's first backends, and for a backend
+	// added later (Pool.Add) the next number: unique in its pool, never
+	// reused.
 	Index int
 
 	pool *Pool

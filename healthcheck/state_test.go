@@ -134,7 +134,7 @@ func TestTransitionsPublished(t *testing.T) {
 	require.Len(t, snap, 3)
 	for i, s := range snap {
 		st, r, since := bs[i].State()
-		assert.Equal(t, Snapshot{Addr: bs[i].Addr, State: st, Reason: r, Since: since}, s)
+		assert.Equal(t, Snapshot{Addr: bs[i].Addr, Index: i, State: st, Reason: r, Since: since}, s)
 	}
 	assert.Equal(t, []State{Ejected, Ejected, Ejected}, []State{snap[0].State, snap[1].State, snap[2].State})
 	assert.Equal(t, 0, p.InService())
