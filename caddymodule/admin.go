@@ -104,11 +104,12 @@ func (rp runningPool) status() PoolStatus {
 	if d := rp.lat.after(); d > 0 {
 		ps.HedgeAuto = d.String()
 	}
-	for i, s := range rp.Snapshot() {
+	for _, s := range rp.Snapshot() {
+		c := rp.obs.of(s.Index)
 		bs := BackendStatus{Snapshot: s, Ejections: map[string]uint64{},
-			Replays: rp.obs.replays[i].Load(), Restarts: rp.obs.restarts[i].Load(), Pid: spawnedPid(s.Addr)}
-		for reason := range rp.obs.ejections[i] {
-			if n := rp.obs.ejections[i][reason].Load(); n > 0 {
+			Replays: c.replays.Load(), Restarts: c.restarts.Load(), Pid: spawnedPid(s.Addr)}
+		for reason := range c.ejections {
+			if n := c.ejections[reason].Load(); n > 0 {
 				bs.Ejections[healthcheck.Reason(reason).String()] = n
 			}
 		}

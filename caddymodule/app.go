@@ -76,7 +76,7 @@ func (s started) Handle(context.Context, caddy.Event) error {
 func (a *App) add(h *Handler) error {
 	for _, o := range a.handlers {
 		if o.poolKey == h.poolKey && o.sharedSettings != h.sharedSettings {
-			return fmt.Errorf("failover: two failover handlers front the same upstreams %v with the same heartbeat settings but different restart, spawn or slow_start settings; give them the same settings (they share one pool) or different health settings", h.addrs)
+			return fmt.Errorf("failover: two failover handlers front the same upstreams %v with the same heartbeat settings but different restart, spawn or slow_start settings; give them the same settings (they share one pool) or different health settings", h.upstreamsName())
 		}
 		for _, addr := range h.spawnAddrs {
 			for _, oa := range o.spawnAddrs {
@@ -88,6 +88,15 @@ func (a *App) add(h *Handler) error {
 	}
 	a.handlers = append(a.handlers, h)
 	return nil
+}
+
+// upstreamsName names the handler's upstreams in an error: its addresses,
+// or its dynamic source.
+func (h *Handler) upstreamsName() string {
+	if h.dyn != nil {
+		return "(dynamic " + h.sourceJSON + ")"
+	}
+	return fmt.Sprint(h.addrs)
 }
 
 // Start does nothing: see commit.

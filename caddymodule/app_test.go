@@ -54,7 +54,7 @@ func TestAdminActsInEveryPool(t *testing.T) {
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &out))
 	assert.ElementsMatch(t, []string{"a", "b"}, out.Pools)
 	for _, h := range []*Handler{a, b} {
-		st, _, _ := h.backends[0].State()
+		st, _, _ := h.pool.Backends()[0].State()
 		assert.Equal(t, "draining", st.String())
 	}
 }

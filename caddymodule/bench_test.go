@@ -143,12 +143,13 @@ func selectionHandler(b *testing.B, n int, in func(i int) bool) (*Handler, rever
 		b.Fatal("a state changed while the pool closed")
 	}
 	h := &Handler{
-		pool:     p,
-		backends: p.Backends(),
-		retries:  n - 1,
-		hold:     DefaultHold,
-		maxHeld:  DefaultMaxHeld,
+		pool:    p,
+		members: new(atomic.Pointer[members]),
+		retries: n - 1,
+		hold:    DefaultHold,
+		maxHeld: DefaultMaxHeld,
 	}
+	h.members.Store(&members{backends: p.Backends(), upstreams: upstreams})
 	return h, upstreams
 }
 

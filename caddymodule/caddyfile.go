@@ -37,6 +37,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	failover [<upstreams...>] {
 //		to <upstreams...>
+//		dynamic <source> [...]  # instead of upstreams: a, srv, multi, ...
 //		name <name>
 //		health_uri <path>
 //		health_interval <duration>
@@ -79,6 +80,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	var rest []caddyfile.Token
 	seen := make(map[string]bool)
+	sawTo := false
 	for d.NextBlock(0) {
 		sub := d.Val()
 		if seen[sub] && sub != "retry_methods" {
@@ -90,9 +92,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		if own {
 			seen[sub] = true
-		} else {
-			rest = append(rest, d.NextSegment()...)
+			continue
 		}
+		if sub == "dynamic" {
+			seen[sub] = true // reverse_proxy takes a second one silently
+			if len(head) > 1 || sawTo {
+				return d.Errf("%s: %v", line(d), errStaticAndDynamic)
+			}
+		}
+		sawTo = sawTo || sub == "to"
+		rest = append(rest, d.NextSegment()...)
 	}
 	toks := head
 	if len(rest) > 0 {
@@ -118,6 +127,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if err := h.checkHealthPort(); err != nil {
 		return hd.Errf("%v", err)
+	}
+	if h.DynamicUpstreamsRaw != nil {
+		if len(h.Upstreams) > 0 { // 'to' after dynamic
+			return hd.Errf("%v", errStaticAndDynamic)
+		}
+		if _, err := sourceRefresh(h.DynamicUpstreamsRaw); err != nil {
+			return hd.Errf("%v", err)
+		}
 	}
 	return nil
 }
@@ -347,8 +364,6 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			}
 		}
 		h.RestartCrashed = &on
-	case "dynamic":
-		return true, d.Errf("%s: dynamic upstreams are not supported (yet); list the upstreams, or let spawn give them", line(d))
 	case "lb_policy", "lb_retries", "lb_try_duration", "lb_try_interval", "lb_retry_match",
 		"health_upstream", "health_follow_redirects", "health_path",
 		"fail_duration", "max_fails", "unhealthy_status", "unhealthy_latency", "unhealthy_request_count":

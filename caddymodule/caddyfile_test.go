@@ -208,7 +208,7 @@ func TestCaddyfileBadValues(t *testing.T) {
 		{"managed fail_duration", "fail_duration 10s", "fail_duration", "10s"},
 		{"managed max_fails", "max_fails 3", "max_fails", "3"},
 		{"managed unhealthy_status", "unhealthy_status 5xx", "unhealthy_status", "5xx"},
-		{"managed dynamic", "dynamic a example.com 80", "dynamic", "not supported"},
+		{"dynamic with upstreams", "dynamic a example.com 80", "dynamic a example.com 80", "one or the other"},
 
 		{"restart_crashed with two arguments", "restart_crashed on off", "restart_crashed", "at most one argument"},
 		{"restart_crashed garbage", "restart_crashed maybe", "restart_crashed", "maybe"},
@@ -468,8 +468,25 @@ func TestCaddyValidateJSON(t *testing.T) {
 			`"load_balancing":{"retries":3}}`, []string{"load balancing", "managed"}},
 		{"health_checks set", `{"handler":"failover","upstreams":[{"dial":"127.0.0.1:1"}],` +
 			`"health_checks":{"active":{"uri":"/"}}}`, []string{"health checks", "replaced"}},
-		{"dynamic upstreams", `{"handler":"failover","upstreams":[{"dial":"127.0.0.1:1"}],` +
-			`"dynamic_upstreams":{"source":"a","name":"example.com","port":"80"}}`, []string{"dynamic"}},
+		{"dynamic and static upstreams", `{"handler":"failover","upstreams":[{"dial":"127.0.0.1:1"}],` +
+			`"dynamic_upstreams":{"source":"a","name":"example.com","port":"80"}}`, []string{"dynamic", "one or the other"}},
+		{"loads dynamic upstreams, looks nothing up", `{"handler":"failover",` +
+			`"dynamic_upstreams":{"source":"a","name":"failover-never-resolved.invalid","port":"80","refresh":"1s"}}`, nil},
+		{"loads dynamic multi", `{"handler":"failover","dynamic_upstreams":{"source":"multi","sources":[` +
+			`{"source":"a","name":"a.invalid","port":"80"},{"source":"srv","name":"_http._tcp.b.invalid","refresh":"2s"}]}}`, nil},
+		{"dynamic refresh too short", `{"handler":"failover",` +
+			`"dynamic_upstreams":{"source":"a","name":"example.com","port":"80","refresh":"10ms"}}`, []string{"dynamic a", "refresh", "10ms", "from 100ms"}},
+		{"dynamic refresh too short in multi", `{"handler":"failover","dynamic_upstreams":{"source":"multi","sources":[` +
+			`{"source":"srv","name":"b.invalid","refresh":"48h"}]}}`, []string{"dynamic srv", "refresh", "48h"}},
+		{"dynamic a without port", `{"handler":"failover",` +
+			`"dynamic_upstreams":{"source":"a","name":"example.com"}}`, []string{"dynamic a", "port"}},
+		{"dynamic with request placeholders", `{"handler":"failover",` +
+			`"dynamic_upstreams":{"source":"a","name":"{http.request.host}","port":"80"}}`, []string{"placeholders"}},
+		{"dynamic with spawn", `{"handler":"failover","spawn":{"command":["true","{backend}"],"ports":[9001]},` +
+			`"dynamic_upstreams":{"source":"a","name":"example.com","port":"80"}}`, []string{"dynamic", "spawn"}},
+		{"dynamic with hedge", `{"handler":"failover","hedge":"50ms",` +
+			`"dynamic_upstreams":{"source":"a","name":"example.com","port":"80"}}`, []string{"hedge", "dynamic"}},
+		{"unknown dynamic source", `{"handler":"failover","dynamic_upstreams":{"source":"nope"}}`, []string{"nope"}},
 		{"placeholder upstream", `{"handler":"failover","upstreams":[{"dial":"{http.request.host}:80"}]}`,
 			[]string{"{http.request.host}:80", "placeholder"}},
 		{"bad upstream", `{"handler":"failover","upstreams":[{"dial":"127.0.0.1:x"}]}`,

@@ -80,6 +80,13 @@ var caddyfileSeeds = []string{
 	"hedge auto auto",
 	"lb_policy first",
 	"dynamic a example.com 80",
+	"dynamic a example.com 80 {\n\trefresh 1s\n\tresolvers 127.0.0.1:5353\n}",
+	"dynamic a example.com {\n\trefresh 1ms\n}",
+	"dynamic srv _http._tcp.example.com {\n\trefresh 250ms\n\tgrace_period 10s\n}",
+	"dynamic multi {\n\ta example.com 80\n\tsrv example.com\n}",
+	"dynamic a {http.request.host} 80",
+	"dynamic a example.com 80\ndynamic a example.org 80",
+	"dynamic bogus",
 	"header_up X-Test 1",
 	"transport http {\n\tdial_timeout 1s\n}",
 	"handle_response {\n\trespond 502\n}",
@@ -96,7 +103,11 @@ func FuzzCaddyfile(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, block string) {
-		caddyfile := ":8080 {\n\tfailover 127.0.0.1:9001 127.0.0.1:9002 {\n" + block + "\n\t}\n}\n"
+		head := "failover 127.0.0.1:9001 127.0.0.1:9002"
+		if strings.HasPrefix(block, "dynamic") {
+			head = "failover" // dynamic upstreams go without static ones
+		}
+		caddyfile := ":8080 {\n\t" + head + " {\n" + block + "\n\t}\n}\n"
 		out, _, err := adaptCaddyfile(t, caddyfile)
 		if err != nil {
 			return
@@ -169,6 +180,11 @@ var jsonSeeds = []string{
 	`{"upstreams":[{"dial":"127.0.0.1:9001"}],"load_balancing":{"retries":3}}`,
 	`{"upstreams":[{"dial":"127.0.0.1:9001"}],"health_checks":{"active":{"uri":"/"}}}`,
 	`{"upstreams":[{"dial":"127.0.0.1:9001"}],"dynamic_upstreams":{"source":"a"}}`,
+	`{"dynamic_upstreams":{"source":"a","name":"example.com","port":"80","refresh":"1s","resolver":{"addresses":["127.0.0.1:5353"]}}}`,
+	`{"dynamic_upstreams":{"source":"srv","name":"example.com","refresh":1}}`,
+	`{"dynamic_upstreams":{"source":"multi","sources":[{"source":"a","name":"x","port":"1"},{"source":"srv","refresh":"-1s"}]}}`,
+	`{"dynamic_upstreams":{"source":"a","name":"{http.request.host}","port":"80"}}`,
+	`{"dynamic_upstreams":[]}`,
 	`{"upstreams":[{"dial":"127.0.0.1:9001"}],"transport":{"protocol":"http"}}`,
 }
 

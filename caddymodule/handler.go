@@ -118,14 +118,21 @@ type Handler struct {
 	// time. Default off.
 	SlowStart caddy.Duration `json:"slow_start,omitempty"`
 
-	pool     *healthcheck.Pool
-	poolKey  string
-	backends []*healthcheck.Backend
-	addrs    []string
-	methods  map[string]struct{}
-	hold     time.Duration
-	maxHeld  int64
-	retries  int
+	pool    *healthcheck.Pool
+	poolKey string
+	// members is what the selector picks from: the handler's own for a
+	// static pool, the pool's for a dynamic one
+	members *atomic.Pointer[members]
+	addrs   []string
+	// the dynamic pool and source (and its JSON), if the upstreams are
+	// dynamic
+	dyn        *dynamicPool
+	source     *upstreamSource
+	sourceJSON string
+	methods    map[string]struct{}
+	hold       time.Duration
+	maxHeld    int64
+	retries    int
 	// hedging: hedgeAfter, or auto from lat; dials are the peers' dial
 	// addresses (hedge.go)
 	hedging    bool
@@ -237,6 +244,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for i, u := range h.Upstreams {
 		h.addrs[i] = u.Dial
 	}
+	sourceKey, err := h.provisionSource(ctx)
+	if err != nil {
+		return err
+	}
 	cfg, err := h.Health.engineConfig()
 	if err != nil {
 		return err
@@ -262,13 +273,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionRestarter(ctx); err != nil {
 		return err
 	}
-	rp, key, err := acquirePool(h.addrs, cfg, tlsKey)
+	rp, key, err := acquirePool(h.addrs, sourceKey, cfg, tlsKey)
 	if err != nil {
 		return err
 	}
-	h.pool, h.poolKey, h.held, h.obs, h.ops = rp.Pool, key, rp.held, rp.obs, rp.ops
+	h.pool, h.poolKey, h.held, h.obs, h.ops, h.dyn = rp.Pool, key, rp.held, rp.obs, rp.ops, rp.dyn
 	h.budget, h.lat = rp.budget, rp.lat
-	h.backends = h.pool.Backends()
+	if h.dyn != nil {
+		h.members = &h.dyn.members
+	} else {
+		// reverse_proxy provisions these very upstreams in place
+		h.members = new(atomic.Pointer[members])
+		h.members.Store(&members{backends: h.pool.Backends(), upstreams: h.Upstreams})
+	}
 	if h.Spawn != nil {
 		if h.spawned, err = spawn.Acquire(*h.Spawn, h.logger.Named("spawn")); err != nil {
 			return fmt.Errorf("failover: spawn: %v", err)
@@ -327,9 +344,34 @@ func (h *Handler) provisionRetryRules() {
 		h.maxHeld = DefaultMaxHeld
 	}
 	h.retries = len(h.Upstreams) - 1
+	if h.DynamicUpstreamsRaw != nil {
+		h.retries = everyBackend
+	}
 	if h.Retries != nil {
 		h.retries = *h.Retries
 	}
+}
+
+// provisionSource loads the dynamic upstream source, if any, for the
+// pool to look up once the config has started (reverse_proxy does not get
+// it: it would look it up on every request), and returns its key: the
+// source's JSON.
+func (h *Handler) provisionSource(ctx caddy.Context) (string, error) {
+	if h.DynamicUpstreamsRaw == nil {
+		return "", nil
+	}
+	key := string(h.DynamicUpstreamsRaw)
+	every, err := sourceRefresh(h.DynamicUpstreamsRaw)
+	if err != nil {
+		return "", fmt.Errorf("failover: %v", err)
+	}
+	mod, err := ctx.LoadModule(&h.Handler, "DynamicUpstreamsRaw")
+	if err != nil {
+		return "", fmt.Errorf("failover: loading the dynamic upstream source: %v", err)
+	}
+	h.DynamicUpstreamsRaw, h.sourceJSON = nil, key
+	h.source = &upstreamSource{UpstreamSource: mod.(reverseproxy.UpstreamSource), every: every, log: h.logger.Named("dynamic")}
+	return key, nil
 }
 
 // provisionInnerTransport loads the configured transport (default: Caddy's
@@ -419,7 +461,7 @@ func (h *Handler) noBackend(w http.ResponseWriter) error {
 
 // anyInService reports whether a backend is in service, without a lock.
 func (h *Handler) anyInService() bool {
-	for _, b := range h.backends {
+	for _, b := range h.members.Load().backends {
 		if b.InService() {
 			return true
 		}

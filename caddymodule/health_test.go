@@ -75,7 +75,7 @@ func TestHealthRequestJSONLoads(t *testing.T) {
 func TestPoolKeyHealthRequest(t *testing.T) {
 	addrs := []string{"127.0.0.1:9001"}
 	base := healthcheck.Config{Method: "POST", Headers: http.Header{"X-A": {"a"}}, Body: "b", Port: 81}.WithDefaults()
-	key := poolKey(addrs, base, "")
+	key := poolKey(addrs, "", base, "")
 	for name, change := range map[string]func(*healthcheck.Config){
 		"method":        func(c *healthcheck.Config) { c.Method = "PUT" },
 		"header value":  func(c *healthcheck.Config) { c.Headers = http.Header{"X-A": {"c"}} },
@@ -87,9 +87,9 @@ func TestPoolKeyHealthRequest(t *testing.T) {
 	} {
 		c := base
 		change(&c)
-		assert.NotEqual(t, key, poolKey(addrs, c, ""), name)
+		assert.NotEqual(t, key, poolKey(addrs, "", c, ""), name)
 	}
 	same := base
 	same.Headers = http.Header{"X-A": {"a"}}
-	assert.Equal(t, key, poolKey(addrs, same, ""), "equal settings, one pool")
+	assert.Equal(t, key, poolKey(addrs, "", same, ""), "equal settings, one pool")
 }

@@ -284,7 +284,8 @@ func (hg *hedger) fire() {
 		hg.decided <- struct{}{}
 		return
 	}
-	i := t.sel.pick(hg.st)
+	m := t.h.members.Load()
+	i := t.sel.pick(hg.st, m.backends)
 	if i < 0 {
 		hg.decided <- struct{}{}
 		return
@@ -294,7 +295,7 @@ func (hg *hedger) fire() {
 		hg.decided <- struct{}{}
 		return
 	}
-	peer, di := t.h.backends[i], t.h.dials[i]
+	peer, di := m.backends[i], t.h.dials[i] // a static pool's: dials are in its order
 	ctx, cancel := context.WithCancelCause(&hedgeContext{Context: hg.parent, dial: di})
 	req := hg.req.Clone(ctx)
 	req.URL.Host = di.Address

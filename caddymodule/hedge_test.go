@@ -146,11 +146,11 @@ func TestHedgeAnswersFromPeer(t *testing.T) {
 	assert.Equal(t, 2.0, hedges("hedge-peer", "won"))
 	assert.EqualValues(t, len(answers), fast.requests.Load()-before, "the peer got its own request and the hedge, once")
 
-	assert.True(t, h.backends[0].InService(), "a cancelled loser is no evidence against its backend")
-	for i := range h.backends {
-		assert.Zero(t, h.obs.replays[i].Load(), "nothing was replayed")
+	assert.True(t, h.pool.Backends()[0].InService(), "a cancelled loser is no evidence against its backend")
+	for _, b := range h.pool.Backends() {
+		assert.Zero(t, h.obs.of(b.Index).replays.Load(), "nothing was replayed")
 	}
-	assert.Zero(t, h.backends[0].Active()+h.backends[1].Active(), "every attempt has ended")
+	assert.Zero(t, h.pool.Backends()[0].Active()+h.pool.Backends()[1].Active(), "every attempt has ended")
 }
 
 // A plain POST is never hedged: it waits for its backend, however slow,

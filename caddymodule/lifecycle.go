@@ -41,6 +41,9 @@ func (h *Handler) start(roll bool) {
 	}
 	h.ops.setReplace(h.replaceFunc())
 	h.pool.Start()
+	if h.dyn != nil {
+		h.dyn.start(h.source)
+	}
 	if roll && len(changed) > 0 {
 		startRoll(h.spawnAddrs, h.spawned, h.logger)
 	}

@@ -26,10 +26,9 @@ type observer struct {
 	// it is named: a beat costs an increment and an observation
 	beats atomic.Pointer[beatMetrics]
 
-	// per backend, for the admin API
-	ejections [][healthcheck.Manual + 1]atomic.Uint64
-	replays   []atomic.Uint64
-	restarts  []atomic.Uint64
+	// per backend (its Index → *backendCounts), for the admin API: a
+	// dynamic pool's members come and go
+	counts sync.Map
 
 	// touched by transition only
 	inService  int
@@ -53,12 +52,8 @@ type caddyEvent struct {
 const maxQueuedEvents = 1024
 
 func newObserver(p *healthcheck.Pool) *observer {
-	n := len(p.Backends())
 	o := &observer{
 		pool:       p,
-		ejections:  make([][healthcheck.Manual + 1]atomic.Uint64, n),
-		replays:    make([]atomic.Uint64, n),
-		restarts:   make([]atomic.Uint64, n),
 		restarting: make(map[int]time.Time),
 		events:     make(chan caddyEvent, maxQueuedEvents),
 		done:       make(chan struct{}),
@@ -68,6 +63,34 @@ func newObserver(p *healthcheck.Pool) *observer {
 	p.OnTransition(o.transition)
 	p.OnBeat(o.beat)
 	return o
+}
+
+// backendCounts are what the admin API shows of one backend's past.
+type backendCounts struct {
+	ejections [healthcheck.Manual + 1]atomic.Uint64
+	replays   atomic.Uint64
+	restarts  atomic.Uint64
+}
+
+// of returns the counts of the backend with Index i.
+func (o *observer) of(i int) *backendCounts {
+	if c, ok := o.counts.Load(i); ok {
+		return c.(*backendCounts)
+	}
+	c, _ := o.counts.LoadOrStore(i, new(backendCounts))
+	return c.(*backendCounts)
+}
+
+// forget drops what is kept of a backend that left the pool: its counts,
+// and its metric series unless another member has its address.
+func (o *observer) forget(b *healthcheck.Backend) {
+	o.counts.Delete(b.Index)
+	for _, m := range o.pool.Backends() {
+		if m.Addr == b.Addr {
+			return
+		}
+	}
+	mEjections.DeletePartialMatch(prometheus.Labels{"pool": o.Name(), "backend": b.Addr})
 }
 
 // Name is the pool's name, as metrics, events and the admin API give it.
@@ -122,7 +145,7 @@ func (o *observer) transition(t healthcheck.Transition) {
 	if t.To == healthcheck.Ejected {
 		mEjections.WithLabelValues(name, t.Backend, t.Reason.String()).Inc()
 		if t.Reason <= healthcheck.Manual {
-			o.ejections[t.Index][t.Reason].Add(1)
+			o.of(t.Index).ejections[t.Reason].Add(1)
 		}
 		if t.From.InService() {
 			mEjectionDelay.WithLabelValues(name, t.Reason.String()).Observe(t.At.Sub(t.LastAnswer).Seconds())

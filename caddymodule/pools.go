@@ -28,9 +28,13 @@ type runningPool struct {
 	// handlers; lat is their answer latencies, for hedge auto
 	budget *budget
 	lat    *latencies
+	dyn    *dynamicPool // nil: static upstreams
 }
 
 func (p runningPool) Destruct() error {
+	if p.dyn != nil {
+		p.dyn.stop()
+	}
 	p.Close()
 	p.obs.stop()
 	name, shared := p.obs.Name(), false
@@ -44,18 +48,25 @@ func (p runningPool) Destruct() error {
 	return nil
 }
 
-func poolKey(addrs []string, cfg healthcheck.Config, tlsKey string) string {
-	return fmt.Sprintf("%q path=%q method=%q headers=%q body=%q port=%d interval=%v timeout=%v fails=%d passes=%d status=%d-%d tls=%s",
-		addrs, cfg.Path, cfg.Method, cfg.Headers, cfg.Body, cfg.Port, cfg.Interval, cfg.Timeout, cfg.Fails, cfg.Passes, cfg.StatusMin, cfg.StatusMax, tlsKey)
+// poolKey is what defines a pool: its upstreams (for a dynamic pool, its
+// source's config, not the addresses it answers) and how they are probed.
+func poolKey(addrs []string, source string, cfg healthcheck.Config, tlsKey string) string {
+	return fmt.Sprintf("%q dynamic=%q path=%q method=%q headers=%q body=%q port=%d interval=%v timeout=%v fails=%d passes=%d status=%d-%d tls=%s",
+		addrs, source, cfg.Path, cfg.Method, cfg.Headers, cfg.Body, cfg.Port, cfg.Interval, cfg.Timeout, cfg.Fails, cfg.Passes, cfg.StatusMin, cfg.StatusMax, tlsKey)
 }
 
 // acquirePool returns the pool of key, making one that probes nothing
-// until Start if no loaded config has it.
-func acquirePool(addrs []string, cfg healthcheck.Config, tlsKey string) (runningPool, string, error) {
-	key := poolKey(addrs, cfg, tlsKey)
+// until Start if no loaded config has it. A pool with a source (its JSON)
+// is dynamic: it starts empty.
+func acquirePool(addrs []string, source string, cfg healthcheck.Config, tlsKey string) (runningPool, string, error) {
+	key := poolKey(addrs, source, cfg, tlsKey)
 	v, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
 		p := healthcheck.NewPool(addrs, cfg, nil)
-		return runningPool{p, new(atomic.Int64), newObserver(p), new(poolOps), newBudget(), new(latencies)}, nil
+		rp := runningPool{p, new(atomic.Int64), newObserver(p), new(poolOps), newBudget(), new(latencies), nil}
+		if source != "" {
+			rp.dyn = newDynamicPool(p, rp.obs)
+		}
+		return rp, nil
 	})
 	if err != nil {
 		return runningPool{}, "", err

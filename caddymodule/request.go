@@ -15,8 +15,8 @@ type stateKey struct{}
 // tried is a backend a request failed on, in one of its lives: after an
 // ejection and readmission (a new generation) it may be tried again.
 type tried struct {
-	index int
-	gen   uint64
+	b   *healthcheck.Backend
+	gen uint64
 }
 
 // requestState is what the selector and transport remember of one request
@@ -49,9 +49,9 @@ func putRequestState(st *requestState) {
 	statePool.Put(st)
 }
 
-func (st *requestState) hasTried(i int, gen uint64) bool {
+func (st *requestState) hasTried(b *healthcheck.Backend, gen uint64) bool {
 	for _, t := range st.tried {
-		if t.index == i && t.gen == gen {
+		if t.b == b && t.gen == gen {
 			return true
 		}
 	}

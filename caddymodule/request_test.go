@@ -296,7 +296,7 @@ func TestRescueFromAHungBackend(t *testing.T) {
 	assert.True(t, hung.served.Load(), "a request reached the hung backend and was rescued")
 	// rescued at the suspicion; the next missed beat confirms it
 	require.Eventually(t, func() bool {
-		st, reason, _ := h.backends[0].State()
+		st, reason, _ := h.pool.Backends()[0].State()
 		return st == healthcheck.Ejected && reason == healthcheck.Hang
 	}, 5*time.Second, 5*time.Millisecond, "ejected(hang)")
 }

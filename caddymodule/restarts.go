@@ -28,7 +28,7 @@ func (a restarter) Restart(ctx context.Context, b *healthcheck.Backend, reason h
 	if err != nil {
 		result = "error"
 	}
-	a.obs.restarts[b.Index].Add(1)
+	a.obs.of(b.Index).restarts.Add(1)
 	mRestarts.WithLabelValues(a.obs.Name(), a.name, result).Inc()
 	return err
 }

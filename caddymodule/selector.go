@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+
+	"github.com/crashonly/caddy-failover/healthcheck"
 )
 
 // selector is the selection policy failover presets on reverse_proxy. It
@@ -19,7 +21,7 @@ type selector struct {
 }
 
 // Select returns the backend for the next attempt, or nil to end the loop.
-func (s *selector) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
+func (s *selector) Select(_ reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
 	st, _ := r.Context().Value(stateKey{}).(*requestState)
 	if st == nil {
 		st = getRequestState() // not through our ServeHTTP: no memory across attempts
@@ -33,16 +35,17 @@ func (s *selector) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ htt
 		return endLoop
 	}
 	for !st.stopped {
-		if st.attempts-st.free > h.retries {
+		m := h.members.Load()
+		if st.attempts-st.free > m.retries(h.retries) {
 			break
 		}
 		ready := h.pool.Ready()
-		if i := s.pick(st); i >= 0 {
-			b := h.backends[i]
-			st.tried = append(st.tried, tried{i, b.Gen()})
+		if i := s.pick(st, m.backends); i >= 0 {
+			b := m.backends[i]
+			st.tried = append(st.tried, tried{b, b.Gen()})
 			st.current = b
 			st.attempts++
-			return pool[i]
+			return m.upstreams[i]
 		}
 		// A request without a body can still be handed to the config
 		// that replaces this one; one whose body reverse_proxy has
@@ -71,14 +74,16 @@ var endLoop = &reverseproxy.Upstream{Dial: "failover.stopped:1-2"}
 // A backend on probation (slow start) takes only its share of its turns,
 // and a quiet one (requests wait on it, no answer lately: maybe frozen)
 // none, unless nothing else is left.
-func (s *selector) pick(st *requestState) int {
-	backends := s.h.backends
+func (s *selector) pick(st *requestState, backends []*healthcheck.Backend) int {
 	n := len(backends)
+	if n == 0 {
+		return -1
+	}
 	i := int(s.next.Add(1) % uint64(n))
 	fallback := -1
 	for range n {
 		b := backends[i]
-		if b.InService() && !st.hasTried(i, b.Gen()) {
+		if b.InService() && !st.hasTried(b, b.Gen()) {
 			if !b.Quiet() && (!b.InProbation() || rand.Float64() < b.Share(time.Now())) {
 				return i
 			}
@@ -91,4 +96,25 @@ func (s *selector) pick(st *requestState) int {
 		}
 	}
 	return fallback
+}
+
+// members is a pool as the selector sees it: its backends and, in the
+// same order, the upstreams reverse_proxy dials for them. A dynamic pool's
+// is replaced whole when its membership changes, never changed in place,
+// so that a request reads it with one atomic load.
+type members struct {
+	backends  []*healthcheck.Backend
+	upstreams []*reverseproxy.Upstream
+}
+
+// everyBackend is the retries that allow one attempt on every member.
+const everyBackend = -1
+
+// retries is the most retries a request may make: n, or with everyBackend
+// one per member but the first.
+func (m *members) retries(n int) int {
+	if n == everyBackend {
+		return len(m.backends) - 1
+	}
+	return n
 }

@@ -173,7 +173,7 @@ func (t *transport) failed(ctx context.Context, b *healthcheck.Backend, st *requ
 
 // replayed counts a replay of a request that failed on b.
 func (h *Handler) replayed(b *healthcheck.Backend, cause string) {
-	h.obs.replays[b.Index].Add(1)
+	h.obs.of(b.Index).replays.Add(1)
 	mReplays.WithLabelValues(h.obs.Name(), cause).Inc()
 }
 

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -44,6 +45,10 @@ const (
 	MaxSlowStart      = time.Hour
 	MinHedge          = time.Millisecond
 	MaxHedge          = time.Minute
+
+	// Bounds of a dynamic source's refresh: how often failover looks it up.
+	MinLookupRefresh = 100 * time.Millisecond
+	MaxLookupRefresh = 24 * time.Hour
 
 	// MaxUpstreams bounds a pool: every backend gets heartbeats several
 	// times a second. It is also what max_restarting may be at most.
@@ -334,19 +339,31 @@ func (h *Handler) validate() error {
 	if err := h.validateRestarts(); err != nil {
 		return err
 	}
+	if h.DynamicUpstreamsRaw != nil {
+		if _, err := sourceRefresh(h.DynamicUpstreamsRaw); err != nil {
+			return fmt.Errorf("failover: %v", err)
+		}
+	}
 	_, err := h.Health.engineConfig()
 	return err
 }
+
+var errStaticAndDynamic = errors.New("upstreams and dynamic upstreams: give one or the other (a failed lookup keeps the last members; there is no fallback to static upstreams)")
 
 // checkUpstreams refuses reverse_proxy settings that failover owns, so
 // that a user never believes a setting works that is silently replaced,
 // and upstreams that are not one static TCP address each.
 func (h *Handler) checkUpstreams() error {
+	dynamic := h.DynamicUpstreamsRaw != nil
 	switch {
-	case h.DynamicUpstreamsRaw != nil:
-		return fmt.Errorf("failover: dynamic upstreams are not supported (yet); list the upstreams")
-	case len(h.Upstreams) == 0:
-		return fmt.Errorf("failover: no upstreams: give them as arguments or with 'to'")
+	case dynamic && h.Spawn != nil:
+		return fmt.Errorf("failover: dynamic upstreams with spawn: spawn gives the upstreams; use one or the other")
+	case dynamic && h.Hedge != "":
+		return fmt.Errorf("failover: hedge with dynamic upstreams is not supported (yet)")
+	case dynamic && len(h.Upstreams) > 0:
+		return fmt.Errorf("failover: %v", errStaticAndDynamic)
+	case !dynamic && len(h.Upstreams) == 0:
+		return fmt.Errorf("failover: no upstreams: give them as arguments, with 'to', or with 'dynamic'")
 	case len(h.Upstreams) > MaxUpstreams:
 		return fmt.Errorf("failover: %d upstreams: a pool may have at most %d (each gets heartbeats)", len(h.Upstreams), MaxUpstreams)
 	case h.LoadBalancing != nil:

@@ -249,9 +249,9 @@ func TestBadValuesCaddyfileAndJSON(t *testing.T) {
 		},
 		{
 			name:  "dynamic upstreams",
-			lines: []string{"dynamic a example.com 80"}, cfWant: []string{"dynamic a example.com 80", "not supported (yet)"},
+			lines: []string{"dynamic a example.com 80"}, cfWant: []string{"dynamic a example.com 80", "one or the other"},
 			json:     up + `,"dynamic_upstreams":{"source":"a","name":"example.com","port":"80"}`,
-			jsonWant: []string{"dynamic upstreams", "not supported (yet)"},
+			jsonWant: []string{"dynamic upstreams", "one or the other"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

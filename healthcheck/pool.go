@@ -13,9 +13,14 @@ import (
 // of all its backends happen under one mutex, in observe: transitions are
 // rare, and one lock makes the panic guard exact.
 type Pool struct {
-	id       uint64
-	cfg      Config
+	id  uint64
+	cfg Config
+	// backends, guarded by mu, is replaced whole on a change (members.go),
+	// never changed in place; members publishes it for lock-free readers
 	backends []*Backend
+	members  atomic.Pointer[[]*Backend]
+	// nextIndex is the Index of the next backend added
+	nextIndex int
 	// log and slowStart are settings a reload applies in place (Apply)
 	log       atomic.Pointer[zap.Logger]
 	slowStart atomic.Int64
@@ -30,6 +35,8 @@ type Pool struct {
 	pending []Transition
 	// onBeat is set by OnBeat (probe.go), before Start
 	onBeat func(*Backend, Evidence, time.Duration)
+	// sched sends the heartbeats, from Start on
+	sched *scheduler
 	// delivering: one deliverer at a time keeps transitions in order
 	delivering sync.Mutex
 	// the restart policy and what it learnt (restart.go)
@@ -69,9 +76,11 @@ func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 	for i, a := range addrs {
 		p.backends = append(p.backends, &Backend{
 			Addr: a, Index: i, pool: p, since: now, lastGood: now,
-			kick: make(chan struct{}, 1), loop: CrashLoop{CrashLoopPolicy: restartLoop},
+			loop: CrashLoop{CrashLoopPolicy: restartLoop},
 		})
 	}
+	p.nextIndex = len(addrs)
+	p.publish()
 	return p
 }
 
@@ -83,10 +92,12 @@ func (p *Pool) ID() uint64 { return p.id }
 // Config is the pool's configuration with defaults applied.
 func (p *Pool) Config() Config { return p.cfg }
 
-// Backends returns the pool's backends, in the order given to NewPool.
-func (p *Pool) Backends() []*Backend { return p.backends }
+// Backends returns the pool's backends now: those given to NewPool, in
+// their order, then those added (see Add). The slice is never changed.
+func (p *Pool) Backends() []*Backend { return *p.members.Load() }
 
-// Start launches one prober per backend; each beats at once.
+// Start launches the scheduler and one prober per backend; each beats at
+// once (in a large pool, within an interval: see firstBeat).
 func (p *Pool) Start() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -99,18 +110,19 @@ func (p *Pool) Start() {
 		defer p.wg.Done()
 		p.superviseRestarts()
 	}()
+	p.sched = newScheduler(p)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.sched.run()
+	}()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		p.watch()
 	}()
 	for _, b := range p.backends {
-		pr := newProber(p, b)
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			pr.run()
-		}()
+		p.startProbing(b)
 	}
 }
 
@@ -151,7 +163,9 @@ func (p *Pool) InService() int {
 
 // Snapshot is a backend's state at one moment.
 type Snapshot struct {
-	Addr     string    `json:"address"`
+	Addr string `json:"address"`
+	// Index is the backend's Index (unique in its pool)
+	Index    int       `json:"-"`
 	State    State     `json:"state"`
 	Reason   Reason    `json:"reason,omitempty"`
 	Since    time.Time `json:"since"`
@@ -168,16 +182,17 @@ type Snapshot struct {
 
 // Snapshot returns every backend's state, in pool order.
 func (p *Pool) Snapshot() []Snapshot {
-	out := make([]Snapshot, len(p.backends))
 	p.mu.Lock()
-	for i, b := range p.backends {
-		out[i] = Snapshot{Addr: b.Addr, State: b.state, Reason: b.reason, Since: b.since}
+	backends := p.backends
+	out := make([]Snapshot, len(backends))
+	for i, b := range backends {
+		out[i] = Snapshot{Addr: b.Addr, Index: b.Index, State: b.state, Reason: b.reason, Since: b.since}
 		if b.state == Restarting {
 			out[i].LeaseUntil = b.leaseUntil
 		}
 	}
 	p.mu.Unlock()
-	for i, b := range p.backends {
+	for i, b := range backends {
 		out[i].Beats = b.beats.Load()
 		out[i].InFlight = b.InFlight()
 		out[i].Active = b.Active()

@@ -166,7 +166,7 @@ func (p *Pool) watch() {
 // look checks every backend with requests in flight and reports whether
 // there was any.
 func (p *Pool) look(now time.Time) (busy bool) {
-	for _, b := range p.backends {
+	for _, b := range p.Backends() {
 		oldest := b.oldest()
 		if oldest.IsZero() || !b.InService() {
 			b.sus.setQuiet(false)
@@ -222,7 +222,6 @@ func (p *Pool) urgentBeat(b *Backend, waited, silent time.Duration) {
 	start := time.Now()
 	e, cause := pr.beat()
 	took := time.Since(start)
-	pr.drop()
 	if p.ctx.Err() != nil {
 		return
 	}
