@@ -33,6 +33,8 @@ import (
 //	lease expired     -                    -                          -                            ejected(lease-expired)  -                 -                    -
 //	restart failed    -                    -                          -                            ejected(r)              -                 -                    -
 //	slow start over   -                    probation: healthy         -                            -                       -                 -                    -
+//	peer restart⁷     -                    restarting(peer's r)⁸      r not bad-status:            -⁹                      -                 -                    -
+//	                                                                  restarting(r)
 //
 //	¹ probation when slow_start is set, else healthy; from unknown healthy (it never failed, so one pass)
 //	² unless the last in service: the panic guard keeps it (no transition), guarded for that reason;
@@ -42,6 +44,12 @@ import (
 //	  no crash-loop backoff pending, fewer than max_restarting restarting
 //	⁵ a heartbeat answer, whatever its status, with the DrainHeader
 //	⁶ nothing listens yet (a process starting): no transition, not counted as a fail
+//	⁷ another instance sharing the pool asked for the restart (peer.go), after this instance's last
+//	  answer from b and with its lease still running; else no transition. The lease runs until the
+//	  peer's ends, and counts for the crash-loop backoff as a restart of this instance's
+//	⁸ hang, crash or lease-expired; crash for an operator's replacement (the process goes away);
+//	  no panic guard: the process is being restarted
+//	⁹ the lease runs until the peer's ends, if later
 //
 // A draining backend whose process is being replaced (ReturnOnNewProcess)
 // takes "return" by itself at its first pass on a connection made since:
@@ -67,6 +75,8 @@ const (
 	inDrain
 	inMaint
 	inReturn
+	// inPeerRestart: a peer asked for the restart (PeerRestarted).
+	inPeerRestart
 )
 
 // observe applies one piece of evidence about b.
@@ -202,6 +212,8 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 			b.fails, b.passes, b.misses = 0, 0, 0
 			p.set(b, Unknown, ReasonNone, nil)
 		}
+	case inPeerRestart:
+		p.peerRestart(b, cause)
 	default:
 		panic(fmt.Sprintf("healthcheck: unknown input %d", in))
 	}

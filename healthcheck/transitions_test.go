@@ -61,6 +61,18 @@ func TestTransitionTable(t *testing.T) {
 		pol.Restarter = nil
 		p.SetRestartPolicy(pol)
 	}
+	// peer: a peer asked for b's restart (for a hang), fresh or stale
+	peer := func(fresh bool) func(*Pool, *Backend) {
+		return func(p *Pool, b *Backend) {
+			since := time.Now()
+			if !fresh {
+				p.mu.Lock()
+				since = b.lastAnswer()
+				p.mu.Unlock()
+			}
+			p.PeerRestarted(b, since, time.Now().Add(lease), Hang, 0, "peer")
+		}
+	}
 	columns := []struct {
 		name          string
 		passes, fails int
@@ -96,6 +108,8 @@ func TestTransitionTable(t *testing.T) {
 			}
 			p.restartRound(at)
 		}},
+		{"peer restart", 2, 2, false, peer(true)},
+		{"stale peer restart", 2, 2, false, peer(false)},
 	}
 
 	// setups, on backend 0; others are in service unless alone
@@ -156,41 +170,41 @@ func TestTransitionTable(t *testing.T) {
 		alone bool   // the only backend that may be in service
 		guard Reason // the panic guard's reason after setup
 		setup func(*Pool, *Backend)
-		cells [17]string
+		cells [19]string
 	}{
-		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow
+		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow peer stale
 		{U, false, ReasonNone, func(*Pool, *Backend) {},
-			[17]string{H, H, "-", EH, "-", "-", EB, "-", DA, D, M, "-", "-", "-", "-", "-", "-"}},
+			[19]string{H, H, "-", EH, "-", "-", EB, "-", DA, D, M, "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{H, false, ReasonNone, ev(Pass),
-			[17]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
+			[19]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", RH, "-"}},
 		{P, false, ReasonNone, probation,
-			[17]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", H}},
+			[19]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", H, RH, "-"}},
 		{H, true, Hang, hang,
-			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", "-"}},
+			[19]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", "-", RH, "-"}},
 		{H, true, BadStatus, seq(hang, ev(WrongStatus)),
-			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
+			[19]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", RH, "-"}},
 		{P, true, Hang, seq(probation, ev(Timeout)),
-			[17]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H}},
+			[19]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H, RH, "-"}},
 		{EC, false, ReasonNone, seq(ev(Pass), ev(Gone)),
-			[17]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-"}},
+			[19]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-", RC, "-"}},
 		{EH, false, ReasonNone, hang,
-			[17]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-"}},
+			[19]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-", RH, "-"}},
 		{EB, false, ReasonNone, func(p *Pool, b *Backend) { feed(p, b, Pass); feedUntil(p, b, WrongStatus, Ejected) },
-			[17]string{"-", P, "-", EH, "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-"}},
+			[19]string{"-", P, "-", EH, "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{EL, false, ReasonNone, leaseExpired,
-			[17]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RL, RL, "-", "-", "-"}},
+			[19]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RL, RL, "-", "-", "-", RL, "-"}},
 		{RH, false, ReasonNone, seq(hang, restartDue),
-			[17]string{EH, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EH, "-"}},
+			[19]string{EH, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EH, "-", "-", "-"}},
 		{RC, false, ReasonNone, restartingCrash,
-			[17]string{EC, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EC, "-"}},
+			[19]string{EC, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EC, "-", "-", "-"}},
 		{RL, false, ReasonNone, seq(leaseExpired, restartDue),
-			[17]string{EL, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EL, "-"}},
+			[19]string{EL, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EL, "-", "-", "-"}},
 		{D, false, ReasonNone, seq(ev(Pass), (*Pool).Drain),
-			[17]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-"}},
+			[19]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-", "-", "-"}},
 		{DA, false, ReasonNone, seq(ev(Pass), ev(DrainAnnounced)),
-			[17]string{P, P, "-", "-", "-", "-", "-", "-", "-", D, M, U, "-", "-", "-", "-", "-"}},
+			[19]string{P, P, "-", "-", "-", "-", "-", "-", "-", D, M, U, "-", "-", "-", "-", "-", "-", "-"}},
 		{M, false, ReasonNone, seq(ev(Pass), (*Pool).Maint),
-			[17]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-"}},
+			[19]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-", "-", "-"}},
 	}
 
 	for _, row := range rows {
