@@ -24,10 +24,12 @@ type runningPool struct {
 	held *atomic.Int64
 	obs  *observer
 	ops  *poolOps
+	cl   *member
 }
 
 func (p runningPool) Destruct() error {
 	p.Close()
+	p.cl.stop()
 	p.obs.stop()
 	name, shared := p.obs.Name(), false
 	pools.Range(func(_, v any) bool {
@@ -51,7 +53,8 @@ func acquirePool(addrs []string, cfg healthcheck.Config, tlsKey string) (running
 	key := poolKey(addrs, cfg, tlsKey)
 	v, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
 		p := healthcheck.NewPool(addrs, cfg, nil)
-		return runningPool{p, new(atomic.Int64), newObserver(p), new(poolOps)}, nil
+		obs := newObserver(p)
+		return runningPool{p, new(atomic.Int64), obs, new(poolOps), newMember(p, obs)}, nil
 	})
 	if err != nil {
 		return runningPool{}, "", err

@@ -111,3 +111,12 @@ func (p *Pool) peerLease(b *Backend, lease uint64, pr *PeerRestart) {
 	p.wakeRestarts()
 	p.logger().Info("a peer has the restart in hand", zap.String("backend", b.Addr), zap.Error(pr))
 }
+
+// RestartTook is how long restarts of the pool have taken, request to
+// first good answer (a moving average; 0 until one was seen): shared with
+// peers for their Retry-After.
+func (p *Pool) RestartTook() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.restartTook
+}
