@@ -122,13 +122,13 @@ type Handler struct {
 	maxHeld  int64
 	retries  int
 	// held counts the requests its pool holds now, for max_held
-	held      *atomic.Int64
-	obs       *observer // the pool's metrics, events and counters
-	ops       *poolOps  // the pool's operator actions
-	cl        *member   // the pool's part in the cluster (peers.go)
+	held *atomic.Int64
+	obs  *observer // the pool's metrics, events and counters
+	ops  *poolOps  // the pool's operator actions
+	cl   *member   // the pool's part in the cluster (peers.go)
 	// storage is Caddy's, shared with other instances; set when the config
 	// starts (App.commit), used only with Cluster on
-	storage certmagic.Storage
+	storage   certmagic.Storage
 	ownsInner *reverseproxy.HTTPTransport
 	restarter restart.Restarter // nil: none
 	spawned   *spawn.Group
