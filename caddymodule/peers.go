@@ -45,9 +45,11 @@ func newMember(p *healthcheck.Pool, obs *observer) *member {
 }
 
 // Bounds of the storage operations: a storage that does not answer within
-// them is out, and restarts go on locally.
+// them is out, and restarts go on locally. A claim may wait for a lock a
+// dead instance left: file_system's go stale after 10s, and it polls a
+// held lock every second.
 const (
-	claimTimeout = 2 * time.Second
+	claimTimeout = 12 * time.Second
 	pollTimeout  = 2 * time.Second
 )
 
@@ -118,9 +120,9 @@ func (m *member) claim(ctx context.Context, b *healthcheck.Backend, reason healt
 	lease, took := time.Duration(m.lease.Load()), m.pool.RestartTook()
 	var v cluster.Verdict
 	var l cluster.Lease
-	ctx, cancel := context.WithTimeout(ctx, claimTimeout)
+	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
 	defer cancel()
-	err := st.Update(ctx, func(rec *cluster.Record, now time.Time) bool {
+	err := st.Update(cctx, func(rec *cluster.Record, now time.Time) bool {
 		if v, l = cluster.Decide(rec, c, now); v != cluster.Take {
 			return false
 		}
@@ -130,7 +132,10 @@ func (m *member) claim(ctx context.Context, b *healthcheck.Backend, reason healt
 		rec.Restarts[b.Addr] = cluster.Lease{Holder: cluster.ID, Reason: reason.String(), Since: now, Until: now.Add(lease), Took: took}
 		return true
 	})
-	if err != nil {
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return err // the restart's own time ran out: a failed request, retried
+	case err != nil:
 		m.storageFailed(err)
 		return nil
 	}
