@@ -74,13 +74,13 @@ const rollingLease = 2*cycleStep + 5*time.Second
 // first backend that does not come back. Across the instances sharing the
 // pool, one runs at a time: the one that takes the pool's lease.
 func (rp runningPool) startRollingRestart() (RollingRestart, error) {
-	o := rp.ops
+	o, asked := rp.ops, time.Now()
 	if rr, err := o.canRoll(); err != nil {
 		return rr, err
 	}
-	if peer := rp.cl.holdRolling(true, rollingLease); peer != nil {
+	if peer := rp.cl.holdRolling(true, rollingLease, asked); peer != nil {
 		return RollingRestart{Pool: rp.obs.Name(), State: "running", Done: []string{}, Started: peer.Since},
-			fmt.Errorf("%w on another instance (%s)", errRollingRestart, peer.Holder)
+			fmt.Errorf("%w on another instance (%s), or ran since this request", errRollingRestart, peer.Holder)
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -94,7 +94,7 @@ func (rp runningPool) startRollingRestart() (RollingRestart, error) {
 		var err error
 		for i, b := range rp.Backends() {
 			if i > 0 {
-				rp.cl.holdRolling(false, rollingLease)
+				rp.cl.holdRolling(false, rollingLease, time.Time{})
 			}
 			o.mu.Lock()
 			rr.Current = b.Addr
@@ -108,7 +108,7 @@ func (rp runningPool) startRollingRestart() (RollingRestart, error) {
 			rr.Done = append(rr.Done, b.Addr)
 			o.mu.Unlock()
 		}
-		rp.cl.holdRolling(false, 0)
+		rp.cl.holdRolling(false, 0, time.Time{})
 		o.mu.Lock()
 		defer o.mu.Unlock()
 		rr.Current, rr.Finished, rr.State = "", time.Now(), "done"

@@ -231,10 +231,11 @@ func (m *member) storageOK() {
 }
 
 // holdRolling takes (start) or renews the pool's rolling-restart lease for
-// d from now; d 0 ends it. When starting, a peer's live lease is returned
-// and nothing is taken. A failing storage lets the rolling restart run
-// locally, with a warning.
-func (m *member) holdRolling(start bool, d time.Duration) *cluster.Lease {
+// d from now; d 0 ends it. When starting, a peer's rolling restart that
+// runs, or that started after asked (the operator's request: it is done,
+// or being done), is returned and nothing is taken. A failing storage lets
+// the rolling restart run locally, with a warning.
+func (m *member) holdRolling(start bool, d time.Duration, asked time.Time) *cluster.Lease {
 	st := m.store.Load()
 	if st == nil {
 		return nil
@@ -245,7 +246,7 @@ func (m *member) holdRolling(start bool, d time.Duration) *cluster.Lease {
 	err := st.Update(ctx, func(rec *cluster.Record, now time.Time) bool {
 		l := rec.Rolling
 		switch {
-		case start && l != nil && l.Holder != cluster.ID && l.Live(now):
+		case start && l != nil && l.Holder != cluster.ID && (l.Live(now) || l.Since.After(asked)):
 			peer = l
 			return false
 		case !start && (l == nil || l.Holder != cluster.ID):

@@ -106,8 +106,11 @@ func (h *Handler) restartPolicy() healthcheck.RestartPolicy {
 // clustered reports whether the handler's pool shares its restarts with
 // other instances: with a restarter module, unless cluster is off.
 func (h *Handler) clustered() bool {
-	return h.RestartRaw != nil && (h.Cluster == nil || *h.Cluster)
+	return h.hasRestartModule() && (h.Cluster == nil || *h.Cluster)
 }
+
+// hasRestartModule: restart is set (its raw JSON is gone once loaded).
+func (h *Handler) hasRestartModule() bool { return h.RestartRaw != nil || h.restarter != nil }
 
 // peers is the pool's cluster member when restarts are shared, else nil.
 func (h *Handler) peers() *member {
@@ -119,7 +122,7 @@ func (h *Handler) peers() *member {
 
 func (h *Handler) validateRestarts() error {
 	switch {
-	case h.Cluster != nil && *h.Cluster && h.RestartRaw == nil:
+	case h.Cluster != nil && *h.Cluster && !h.hasRestartModule():
 		return fmt.Errorf("failover: cluster on needs a restart module: spawned backends are each instance's own, and without a restarter there are no restarts to share")
 	case h.RestartAfter < 0:
 		return fmt.Errorf("failover: restart_after %v: must not be negative", time.Duration(h.RestartAfter))
