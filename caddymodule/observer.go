@@ -31,6 +31,10 @@ type observer struct {
 	replays   []atomic.Uint64
 	restarts  []atomic.Uint64
 
+	// restartOver, set before the pool starts, hears of every backend whose
+	// restart is over here: back in service, or not restarting any more
+	restartOver func(addr string)
+
 	// touched by transition only
 	inService  int
 	wasServing bool
@@ -135,6 +139,10 @@ func (o *observer) transition(t healthcheck.Transition) {
 		if t.To.InService() {
 			mRestartDuration.WithLabelValues(name).Observe(t.At.Sub(since).Seconds())
 		}
+	}
+
+	if o.restartOver != nil && (t.From == healthcheck.Restarting || t.To.InService() && !t.From.InService()) {
+		o.restartOver(t.Backend)
 	}
 
 	data := map[string]any{"pool": name, "backend": t.Backend, "reason": t.Reason.String(),

@@ -34,10 +34,11 @@ type member struct {
 	mu     sync.Mutex
 	cancel context.CancelFunc // the poller's, once started
 	done   chan struct{}
+	held   map[string]bool // backends whose restart lease this instance holds
 }
 
 func newMember(p *healthcheck.Pool, obs *observer) *member {
-	m := &member{pool: p, obs: obs, byAddr: map[string]*healthcheck.Backend{}}
+	m := &member{pool: p, obs: obs, byAddr: map[string]*healthcheck.Backend{}, held: map[string]bool{}}
 	for _, b := range p.Backends() {
 		m.byAddr[b.Addr] = b
 	}
@@ -141,6 +142,10 @@ func (m *member) claim(ctx context.Context, b *healthcheck.Backend, reason healt
 	}
 	m.storageOK()
 	switch v {
+	case cluster.Take:
+		m.mu.Lock()
+		m.held[b.Addr] = true
+		m.mu.Unlock()
 	case cluster.Peer:
 		mPeerDeferred.WithLabelValues(m.obs.Name(), "peer").Inc()
 		return &healthcheck.PeerRestart{Holder: l.Holder, Since: l.Since, Until: l.Until}
@@ -153,19 +158,47 @@ func (m *member) claim(ctx context.Context, b *healthcheck.Backend, reason healt
 
 // release gives up b's lease after a failed restart request: a peer may
 // try at once.
-func (m *member) release(addr string) {
+func (m *member) release(addr string) { m.endLease(addr, true) }
+
+// restartOver hears from the engine (through the observer) that addr's
+// restart is over here: a lease this instance holds ends now, so that it
+// counts no more in the budget. Its request time stays: a peer that has
+// not seen the backend answer since knows its fault was handled.
+func (m *member) restartOver(addr string) {
+	m.mu.Lock()
+	held := m.held[addr]
+	m.mu.Unlock()
+	if held {
+		go m.endLease(addr, false)
+	}
+}
+
+// endLease ends (or, with drop, deletes) addr's lease if this instance
+// still holds it.
+func (m *member) endLease(addr string, drop bool) {
+	m.mu.Lock()
+	delete(m.held, addr)
+	m.mu.Unlock()
 	st := m.store.Load()
 	if st == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
 	defer cancel()
-	err := st.Update(ctx, func(rec *cluster.Record, _ time.Time) bool {
-		if l, ok := rec.Restarts[addr]; ok && l.Holder == cluster.ID {
+	err := st.Update(ctx, func(rec *cluster.Record, now time.Time) bool {
+		l, ok := rec.Restarts[addr]
+		switch {
+		case !ok || l.Holder != cluster.ID:
+			return false
+		case drop:
 			delete(rec.Restarts, addr)
-			return true
+		case l.Live(now):
+			l.Until = now
+			rec.Restarts[addr] = l
+		default:
+			return false
 		}
-		return false
+		return true
 	})
 	if err != nil {
 		m.storageFailed(err)

@@ -54,7 +54,9 @@ func acquirePool(addrs []string, cfg healthcheck.Config, tlsKey string) (running
 	v, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
 		p := healthcheck.NewPool(addrs, cfg, nil)
 		obs := newObserver(p)
-		return runningPool{p, new(atomic.Int64), obs, new(poolOps), newMember(p, obs)}, nil
+		m := newMember(p, obs)
+		obs.restartOver = m.restartOver
+		return runningPool{p, new(atomic.Int64), obs, new(poolOps), m}, nil
 	})
 	if err != nil {
 		return runningPool{}, "", err

@@ -218,10 +218,13 @@ func TestClusterOneRestartPerHang(t *testing.T) {
 	r := newClusterRig(t, 3, 0, 5*time.Second, "")
 	stop := r.load(t.Context())
 	for i, b := range r.backends {
+		t0 := time.Now()
 		require.NoError(t, b.Stop())
 		addr := r.addrs[i]
 		r.sup.wait(t, "restarted "+addr, func() bool { return r.sup.restarted[addr] == 1 })
+		t1 := time.Now()
 		r.eachHealthy()
+		t.Logf("hang %d: restarted after %v, healthy everywhere after %v", i, t1.Sub(t0), time.Since(t0))
 	}
 	failed := stop()
 	require.Empty(t, failed, "failed GETs")
