@@ -61,8 +61,13 @@ type PoolStatus struct {
 	// keeps a pool keeps its ID.
 	ID uint64 `json:"id"`
 	// Held is the number of requests waiting for a backend now.
-	Held     int64           `json:"held"`
-	Backends []BackendStatus `json:"backends"`
+	Held int64 `json:"held"`
+	// Budget is the pool's retry budget for hedges and rescues.
+	Budget BudgetStatus `json:"budget"`
+	// HedgeAuto is the threshold of hedge auto now, once the pool has
+	// seen enough answers of handlers that hedge auto.
+	HedgeAuto string          `json:"hedge_auto,omitempty"`
+	Backends  []BackendStatus `json:"backends"`
 }
 
 // BackendStatus is one backend of a pool as the admin API shows it.
@@ -95,7 +100,10 @@ func servePools(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (rp runningPool) status() PoolStatus {
-	ps := PoolStatus{Name: rp.obs.Name(), ID: rp.ID(), Held: rp.held.Load()}
+	ps := PoolStatus{Name: rp.obs.Name(), ID: rp.ID(), Held: rp.held.Load(), Budget: rp.budget.status()}
+	if d := rp.lat.after(); d > 0 {
+		ps.HedgeAuto = d.String()
+	}
 	for i, s := range rp.Snapshot() {
 		bs := BackendStatus{Snapshot: s, Ejections: map[string]uint64{},
 			Replays: rp.obs.replays[i].Load(), Restarts: rp.obs.restarts[i].Load(), Pid: spawnedPid(s.Addr)}

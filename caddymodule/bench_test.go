@@ -284,6 +284,13 @@ func BenchmarkTransport(b *testing.B) {
 		st := getRequestState()
 		run(b, t, request(http.MethodGet, st), st)
 	})
+	// hedge on, never firing: the hedger's timer armed and stopped
+	hh := *h
+	hh.hedging, hh.hedgeAfter = true, 10*time.Millisecond
+	b.Run("wrapper-GET-replayable-hedge", func(b *testing.B) {
+		st := getRequestState()
+		run(b, &transport{inner: inner, h: &hh}, request(http.MethodGet, st), st)
+	})
 }
 
 // benchCaddyContext is a Caddy context with a config (reverse_proxy's

@@ -55,6 +55,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		retries <n>
 //		retry_methods <methods...>
 //		idempotency_key
+//		hedge <duration|auto>
 //		request_buffers <size>
 //		spawn <command> [<args...>] { ... }
 //		restart <restarter> ...
@@ -288,6 +289,15 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			}
 			h.RetryMethods = append(h.RetryMethods, m)
 		}
+	case "hedge":
+		v, err := oneArg(d)
+		if err != nil {
+			return true, err
+		}
+		if err := checkHedge(v); err != nil {
+			return true, d.Errf("hedge %q: %v", v, err)
+		}
+		h.Hedge = v
 	case "idempotency_key":
 		if d.NextArg() {
 			return true, d.Errf("idempotency_key %q: takes no arguments", d.Val())

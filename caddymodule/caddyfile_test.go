@@ -255,6 +255,9 @@ func TestCaddyfileRepeatedSubdirective(t *testing.T) {
 		{"max_restarting twice", "max_restarting 1\n\t\tmax_restarting 2", "max_restarting", "already specified", 4},
 		{"restart_crashed twice", "restart_crashed\n\t\trestart_crashed off", "restart_crashed", "already specified", 4},
 		{"slow_start twice", "slow_start 1s\n\t\tslow_start 2s", "slow_start", "already specified", 4},
+		{"hedge twice", "hedge 50ms\n\t\thedge auto", "hedge auto", "already specified", 4},
+		{"hedge without a value", "hedge", "hedge", "expected one argument", 3},
+		{"hedge with two values", "hedge auto 50ms", "hedge", "got another", 3},
 		{"health_method twice", "health_method GET\n\t\thealth_method HEAD", "health_method", "already specified", 4},
 		{"health_headers twice", "health_headers {\n\t\t\tX-A a\n\t\t}\n\t\thealth_headers {\n\t\t\tX-B b\n\t\t}", "health_headers", "already specified", 6},
 		{"health_request_body twice", "health_method POST\n\t\thealth_request_body a\n\t\thealth_request_body b", "health_request_body", "already specified", 5},
@@ -355,7 +358,7 @@ func TestCaddyfileValues(t *testing.T) {
 	// the bounds themselves are allowed
 	h = failoverHandler(t, "health_interval 10ms", "health_timeout 10ms", "hold 1ms", "max_held 100000",
 		"request_buffers 10KiB", "retries 1000", "health_fails 100", "restart_after 1h", "restart_timeout 100ms",
-		"slow_start 1h", "max_restarting 4096")
+		"slow_start 1h", "max_restarting 4096", "hedge 1ms")
 	assert.EqualValues(t, 100000, h["max_held"])
 }
 

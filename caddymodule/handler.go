@@ -77,6 +77,15 @@ type Handler struct {
 	// promises its backends honour the key.
 	IdempotencyKey bool `json:"idempotency_key,omitempty"`
 
+	// Hedge sends a replayable request that has had no answer after this
+	// duration a second time, to a backend in service it has not tried;
+	// the first answer wins and the other attempt is cancelled. "auto":
+	// after the 95th percentile of the pool's recent answer latencies, at
+	// least 10ms. Hedges and rescued replays together stay within the
+	// pool's retry budget: 20% of its requests plus 10/s, over 10s.
+	// Default off.
+	Hedge string `json:"hedge,omitempty"`
+
 	// Restart asks a supervisor to restart hung backends: a module in the
 	// failover.restarters namespace (http, exec, signal, supervisord).
 	// Default: the built-in supervisor when spawn is set, else none.
@@ -121,6 +130,16 @@ type Handler struct {
 	hold     time.Duration
 	maxHeld  int64
 	retries  int
+	// hedging: hedgeAfter, or auto from lat; dials are the peers' dial
+	// addresses (hedge.go)
+	hedging    bool
+	hedgeAuto  bool
+	hedgeAfter time.Duration
+	dials      []reverseproxy.DialInfo
+	// budget bounds hedges and rescues; lat tracks answer latencies;
+	// both are the pool's
+	budget *budget
+	lat    *latencies
 	// held counts the requests its pool holds now, for max_held
 	held *atomic.Int64
 	obs  *observer // the pool's metrics, events and counters
@@ -214,6 +233,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.provisionRetryRules()
+	if err := h.provisionHedge(); err != nil {
+		return err
+	}
 
 	inner, err := h.provisionInnerTransport(ctx)
 	if err != nil {
@@ -230,6 +252,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	ht, ok := inner.(*reverseproxy.HTTPTransport)
 	if !ok {
 		return fmt.Errorf("failover: transport %T: only the http transport is supported (heartbeats speak HTTP)", inner)
+	}
+	if h.hedging && ht.ProxyProtocol != "" {
+		return fmt.Errorf("failover: hedge: not with the transport's proxy_protocol, whose header is per client connection")
 	}
 	tlsKey := ""
 	if ht.TLS != nil && ht.Transport != nil && ht.Transport.TLSClientConfig != nil {
@@ -250,6 +275,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.pool, h.poolKey, h.held, h.obs, h.ops, h.cl = rp.Pool, key, rp.held, rp.obs, rp.ops, rp.cl
+	h.budget, h.lat = rp.budget, rp.lat
 	h.backends = h.pool.Backends()
 	if h.Spawn != nil {
 		if h.spawned, err = spawn.Acquire(*h.Spawn, h.logger.Named("spawn")); err != nil {
@@ -264,9 +290,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	h.Transport = &transport{inner: inner, h: h}
+	sel := &selector{h: h}
+	h.Transport = &transport{inner: inner, h: h, sel: sel}
 	h.LoadBalancing = &reverseproxy.LoadBalancing{
-		SelectionPolicy: &selector{h: h},
+		SelectionPolicy: sel,
 		// Caddy's loop ends after this many iterations; our selector ends
 		// it sooner (see Select).
 		Retries: math.MaxInt32,
@@ -357,6 +384,7 @@ var errNoBackend = errors.New("no backend in service")
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.count.active.Add(1)
 	defer h.done()
+	h.budget.record()
 	st := getRequestState()
 	defer putRequestState(st)
 	if r.ContentLength == 0 {

@@ -32,6 +32,14 @@ var (
 		Namespace: "caddy", Subsystem: "failover", Name: "rescued_total",
 		Help: "Requests in flight on a backend ejected for a hang, cancelled there and replayed at once.",
 	}, []string{"pool"})
+	mRescuesDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "failover", Name: "rescues_denied_total",
+		Help: "Requests in flight on a backend ejected for a hang that the retry budget did not let be replayed: they failed.",
+	}, []string{"pool"})
+	mHedges = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "failover", Name: "hedges_total",
+		Help: "Hedged requests, by result: won (the hedge answered first), lost (the first attempt did), denied (the retry budget refused the hedge).",
+	}, []string{"pool", "result"})
 	mHoldSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "hold_seconds",
 		Help:    "Time requests were held waiting for a backend in service.",
@@ -118,7 +126,7 @@ func (poolCollector) Collect(ch chan<- prometheus.Metric) {
 
 // registerMetrics registers failover's metrics in a config's registry.
 func registerMetrics(reg *prometheus.Registry) error {
-	for _, c := range []prometheus.Collector{mEjections, mEjectionDelay, mReplays, mRescued, mHoldSeconds,
+	for _, c := range []prometheus.Collector{mEjections, mEjectionDelay, mReplays, mRescued, mRescuesDenied, mHedges, mHoldSeconds,
 		mHoldExpired, mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency,
 		mPeerDeferred, mPeerFacts, mStorageErrors, poolCollector{}} {
 		if err := reg.Register(c); err != nil {
@@ -135,7 +143,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 func forgetPool(name string) {
 	l := prometheus.Labels{"pool": name}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		mEjections, mEjectionDelay, mReplays, mRescued, mHoldSeconds, mHoldExpired,
+		mEjections, mEjectionDelay, mReplays, mRescued, mRescuesDenied, mHedges, mHoldSeconds, mHoldExpired,
 		mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency,
 		mPeerDeferred, mPeerFacts, mStorageErrors,
 	} {

@@ -24,7 +24,11 @@ type runningPool struct {
 	held *atomic.Int64
 	obs  *observer
 	ops  *poolOps
-	cl   *member
+	// budget bounds the extra attempts (hedges, rescues) of all its
+	// handlers; lat is their answer latencies, for hedge auto
+	budget *budget
+	lat    *latencies
+	cl     *member // its part in the cluster of instances (peers.go)
 }
 
 func (p runningPool) Destruct() error {
@@ -56,7 +60,7 @@ func acquirePool(addrs []string, cfg healthcheck.Config, tlsKey string) (running
 		obs := newObserver(p)
 		m := newMember(p, obs)
 		obs.restartOver = m.restartOver
-		return runningPool{p, new(atomic.Int64), obs, new(poolOps), m}, nil
+		return runningPool{p, new(atomic.Int64), obs, new(poolOps), newBudget(), new(latencies), m}, nil
 	})
 	if err != nil {
 		return runningPool{}, "", err

@@ -25,6 +25,7 @@ import (
 type transport struct {
 	inner http.RoundTripper
 	h     *Handler
+	sel   *selector // picks a hedge's peer
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -36,14 +37,17 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// a request is in flight on b until its response body is closed:
 	// a drain waits for streamed answers too
 	b.Acquire()
-	res, err := t.attempt(req, st, b)
+	res, by, err := t.attempt(req, st, b)
 	if err != nil || res.StatusCode == http.StatusSwitchingProtocols {
 		// an upgraded connection (its body is read and written by
 		// reverse_proxy, unwrapped) lives as long as the client wants
 		b.ReleaseActive()
 		return res, err
 	}
-	res.Body = &activeBody{ReadCloser: res.Body, b: b}
+	if by != b { // a hedge answered (hedge.go): its backend was acquired for it
+		b.ReleaseActive()
+	}
+	res.Body = &activeBody{ReadCloser: res.Body, b: by}
 	return res, nil
 }
 
@@ -62,38 +66,45 @@ func (a *activeBody) Close() error {
 	return a.ReadCloser.Close()
 }
 
-// attempt sends one attempt of a request to b.
-func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.Backend) (*http.Response, error) {
+// attempt sends one attempt of a request to b. It returns the answer and
+// the backend that gave it: b, or a hedge's (hedge.go).
+func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.Backend) (*http.Response, *healthcheck.Backend, error) {
 	if !t.h.replayable(req) {
 		res, err := t.inner.RoundTrip(req)
 		if err != nil {
-			return nil, t.failed(req.Context(), b, st, err, false)
+			return nil, b, t.failed(req.Context(), b, st, err, false)
 		}
 		answered(b, res)
-		return res, nil
+		return res, b, nil
 	}
 	parent := req.Context()
 	ctx, cancel := context.WithCancelCause(parent)
 	st.flight.Cancel = cancel
 	b.Begin(&st.flight)
-	res, err := t.inner.RoundTrip(req.WithContext(ctx))
-	if b.End(&st.flight) && parent.Err() == nil {
+	res, by, err := t.roundTrip(req.WithContext(ctx), parent, st, b)
+	if b.End(&st.flight) && parent.Err() == nil && by == b {
 		// ejected for a hang while in flight: nothing reached the client
-		// yet, so throw away whatever came and replay at once
+		// yet, so throw away whatever came and replay at once, if the
+		// pool's retry budget allows an extra attempt
 		if res != nil {
 			res.Body.Close()
+		}
+		err := fmt.Errorf("%s: %w", b.Addr, healthcheck.ErrRescued)
+		if !t.h.budget.allow() {
+			mRescuesDenied.WithLabelValues(t.h.obs.Name()).Inc()
+			return nil, b, err
 		}
 		st.freeAttempt(t.h.hold)
 		t.h.replayed(b, "rescued")
 		mRescued.WithLabelValues(t.h.obs.Name()).Inc()
-		return nil, reverseproxy.NewDialError(fmt.Errorf("%s: %w", b.Addr, healthcheck.ErrRescued))
+		return nil, b, reverseproxy.NewDialError(err)
 	}
 	if err != nil {
 		cancel(nil)
-		return nil, t.failed(parent, b, st, err, true)
+		return nil, b, t.failed(parent, b, st, err, true)
 	}
-	answered(b, res)
-	return res, nil
+	answered(by, res)
+	return res, by, nil
 }
 
 // answered records a live answer: the backend is not hung, and may be

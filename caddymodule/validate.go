@@ -42,6 +42,8 @@ const (
 	MaxRestartTimeout = time.Hour
 	MinSlowStart      = 100 * time.Millisecond
 	MaxSlowStart      = time.Hour
+	MinHedge          = time.Millisecond
+	MaxHedge          = time.Minute
 
 	// MaxUpstreams bounds a pool: every backend gets heartbeats several
 	// times a second. It is also what max_restarting may be at most.
@@ -60,6 +62,7 @@ var durationBounds = map[string]struct {
 	"restart_after":   {MinRestartAfter, MaxRestartAfter, time.Second, "restart_after"},
 	"restart_timeout": {MinRestartTimeout, MaxRestartTimeout, 30 * time.Second, "restart_timeout"},
 	"slow_start":      {MinSlowStart, MaxSlowStart, 0, "slow_start"},
+	"hedge":           {MinHedge, MaxHedge, 0, "hedge"},
 }
 
 // countBounds are the whole-number settings by subdirective.
@@ -210,6 +213,21 @@ func checkHeldBodies(maxHeld int, buffers int64) error {
 	return nil
 }
 
+// checkHedge checks a hedge setting: auto, or a duration within bounds.
+func checkHedge(v string) error {
+	if v == hedgeAuto {
+		return nil
+	}
+	d, err := caddy.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("not auto nor a duration like 50ms")
+	}
+	if err := checkDuration("hedge", d); err != nil {
+		return fmt.Errorf("%v, or auto", err)
+	}
+	return nil
+}
+
 // checkHealthURI checks a heartbeat path.
 func checkHealthURI(uri string) error {
 	if !strings.HasPrefix(uri, "/") {
@@ -260,6 +278,11 @@ func (h *Handler) validate() error {
 	} {
 		if err := validateDuration(sub, d); err != nil {
 			return err
+		}
+	}
+	if h.Hedge != "" {
+		if err := checkHedge(h.Hedge); err != nil {
+			return fmt.Errorf("failover: hedge %q: %v, or empty for off", h.Hedge, err)
 		}
 	}
 	if h.RequestBuffers != 0 {

@@ -98,6 +98,21 @@ func TestBadValuesCaddyfileAndJSON(t *testing.T) {
 			json: up + `,"slow_start":"61m"`, jsonWant: []string{"slow_start", "1h1m0s", "from 100ms to 1h", "0 for off"},
 		},
 		{
+			name:  "hedge above 1m",
+			lines: []string{"hedge 61s"}, cfWant: []string{"hedge", `"61s"`, "from 1ms to 1m", "or auto"},
+			json: up + `,"hedge":"61s"`, jsonWant: []string{"hedge", `"61s"`, "from 1ms to 1m", "or auto", "empty for off"},
+		},
+		{
+			name:  "hedge below 1ms",
+			lines: []string{"hedge 500us"}, cfWant: []string{"hedge", `"500us"`, "from 1ms to 1m"},
+			json: up + `,"hedge":"0s"`, jsonWant: []string{"hedge", `"0s"`, "from 1ms to 1m"},
+		},
+		{
+			name:  "hedge neither auto nor a duration",
+			lines: []string{"hedge sometimes"}, cfWant: []string{"hedge", `"sometimes"`, "not auto nor a duration"},
+			json: up + `,"hedge":"AUTO"`, jsonWant: []string{"hedge", `"AUTO"`, "not auto nor a duration"},
+		},
+		{
 			name:  "health_fails above 100",
 			lines: []string{"health_fails 101"}, cfWant: []string{"health_fails", `"101"`, "from 1 to 100"},
 			json: up + `,"health":{"fails":101}`, jsonWant: []string{"health.fails", "101", "from 1 to 100"},
@@ -291,5 +306,5 @@ func TestBoundsLoad(t *testing.T) {
 	require.NoError(t, validateJSON(t, jsonConfig(`"upstreams":[{"dial":"127.0.0.1:9001"}],`+
 		`"health":{"interval":"10ms","timeout":"1m","fails":100,"passes":100},"hold":"10m","max_held":64,`+
 		`"request_buffers":16777216,"retries":1000,"restart_after":"1h","restart_timeout":"100ms",`+
-		`"slow_start":"1h","max_restarting":4096,"retry_methods":["GET","PURGE"]`)))
+		`"slow_start":"1h","max_restarting":4096,"retry_methods":["GET","PURGE"],"hedge":"1m"`)))
 }
