@@ -31,8 +31,9 @@ type countingSupervisor struct {
 	delay    time.Duration
 
 	mu        sync.Mutex
-	requests  map[string]int // received, by backend
-	restarted map[string]int // carried out, by backend
+	requests  map[string]int       // received, by backend
+	restarted map[string]int       // carried out, by backend
+	first     map[string]time.Time // the first request's arrival, by backend
 	aborted   int
 	pending   int
 	changed   chan struct{}
@@ -41,7 +42,7 @@ type countingSupervisor struct {
 
 func startCountingSupervisor(t *testing.T, backends []*chaos.Backend, delay time.Duration) *countingSupervisor {
 	s := &countingSupervisor{backends: map[string]*chaos.Backend{}, delay: delay,
-		requests: map[string]int{}, restarted: map[string]int{}, changed: make(chan struct{})}
+		requests: map[string]int{}, restarted: map[string]int{}, first: map[string]time.Time{}, changed: make(chan struct{})}
 	for _, b := range backends {
 		s.backends[b.Config().Addr] = b
 	}
@@ -68,7 +69,13 @@ func (s *countingSupervisor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unknown backend", http.StatusBadRequest)
 		return
 	}
-	s.note(func() { s.requests[target.Backend]++; s.pending++ })
+	now := time.Now()
+	s.note(func() {
+		if s.requests[target.Backend]++; s.requests[target.Backend] == 1 {
+			s.first[target.Backend] = now
+		}
+		s.pending++
+	})
 	defer s.note(func() { s.pending-- })
 	if s.delay > 0 {
 		t := time.NewTimer(s.delay)
@@ -149,6 +156,9 @@ func newClusterRig(t *testing.T, n int, delay, restartTimeout time.Duration, ext
 		timeout 30s
 	}
 %s}`, strings.Join(r.addrs, " "), restartTimeout, r.sup.url, extra)
+	if strings.Contains(extra, "health_interval") {
+		block = strings.Replace(block, "\thealth_interval 100ms\n", "", 1)
+	}
 	for i := range n {
 		admin := fmt.Sprintf("127.0.0.1:%d", ports[2*i])
 		cf := chaos.CaddyfileWithGlobals(admin, ports[2*i+1], "storage file_system "+r.storage, block)
@@ -304,4 +314,105 @@ func TestClusterRollingRestartRunsOnce(t *testing.T) {
 	for _, a := range r.addrs {
 		require.Equal(t, 1, requests[a], "restart requests for %s: %v", a, requests)
 	}
+}
+
+// TestClusterFigures measures, for the closing note (only with
+// FAILOVER_CLUSTER_FIGURES=1): restart requests per hang with 1, 2 and 3
+// instances, cluster on and off; and how long after one instance's restart
+// request the other instances take the backend out of service, with shared
+// facts and without, for a hang (SIGSTOP) and an operator's restart.
+func TestClusterFigures(t *testing.T) {
+	if os.Getenv("FAILOVER_CLUSTER_FIGURES") == "" {
+		t.Skip("figures: set FAILOVER_CLUSTER_FIGURES=1")
+	}
+	for _, mode := range []string{"on", "off"} {
+		for n := 1; n <= 3; n++ {
+			r := newClusterRig(t, n, 0, 5*time.Second, "\tcluster "+mode+"\n")
+			for i, b := range r.backends {
+				require.NoError(t, b.Stop())
+				addr := r.addrs[i]
+				r.sup.wait(t, "restarted "+addr, func() bool { return r.sup.restarted[addr] >= 1 })
+				r.eachHealthy()
+			}
+			requests, _, _ := r.sup.counts()
+			total := 0
+			for _, v := range requests {
+				total += v
+			}
+			t.Logf("FIGURE cluster %s, %d instances: %.2f restart requests per hang (%v)", mode, n, float64(total)/3, requests)
+			for _, c := range r.caddys {
+				c.Close()
+			}
+		}
+	}
+	for _, mode := range []string{"on", "off"} {
+		for _, fault := range []string{"hang", "operator restart", "hang seen first by a live request"} {
+			extra := "\tcluster " + mode + "\n"
+			if fault == "hang seen first by a live request" {
+				// instance 0 alone has traffic: its live request times
+				// out at the first missed beat, the others need 3 misses
+				extra += "\thealth_interval 500ms\n\thealth_fails 3\n"
+			}
+			r := newClusterRig(t, 3, 0, 5*time.Second, extra)
+			var stop func() []chaos.Request
+			if fault == "hang seen first by a live request" {
+				ctx, cancel := context.WithCancel(t.Context())
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					chaos.RunLoad(ctx, chaos.LoadConfig{URL: r.caddys[0].URL(), Concurrency: 2, Duration: time.Minute, MaxRequests: 200000})
+				}()
+				stop = func() []chaos.Request { cancel(); <-done; return nil }
+			}
+			var deltas []time.Duration
+			for i, b := range r.backends {
+				addr := r.addrs[i]
+				outs := make([]time.Time, 2)
+				var wg sync.WaitGroup
+				for j, c := range r.caddys[1:] {
+					wg.Go(func() { outs[j] = waitOut(t, c.Admin(), addr) })
+				}
+				if fault == "hang" {
+					require.NoError(t, b.Stop())
+				} else {
+					code, body := adminDo(t, r.caddys[0].Admin(), http.MethodPost, "/failover/backends/"+addr+"/restart", nil)
+					require.Less(t, code, 300, body)
+				}
+				wg.Wait()
+				r.sup.wait(t, "restarted "+addr, func() bool { return r.sup.restarted[addr] >= 1 })
+				r.sup.mu.Lock()
+				t0 := r.sup.first[addr]
+				r.sup.mu.Unlock()
+				for _, o := range outs {
+					deltas = append(deltas, o.Sub(t0))
+				}
+				r.eachHealthy()
+			}
+			if stop != nil {
+				stop()
+			}
+			t.Logf("FIGURE cluster %s, %s: the other instances took the backend out of service %v after the restart request", mode, fault, deltas)
+			for _, c := range r.caddys {
+				c.Close()
+			}
+		}
+	}
+}
+
+// waitOut polls an instance until addr is out of service there, and says
+// when it saw it.
+func waitOut(t *testing.T, admin, addr string) time.Time {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, p := range poolsAt(t, admin) {
+			for _, b := range p.Backends {
+				if b.Addr == addr && !b.State.InService() {
+					return time.Now()
+				}
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Errorf("%s never out of service at %s", addr, admin)
+	return time.Time{}
 }
