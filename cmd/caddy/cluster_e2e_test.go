@@ -347,13 +347,15 @@ func TestClusterFigures(t *testing.T) {
 	}
 	for _, mode := range []string{"on", "off"} {
 		for _, fault := range []string{"hang", "operator restart", "hang seen first by a live request"} {
-			extra := "\tcluster " + mode + "\n"
+			extra, delay := "\tcluster "+mode+"\n", time.Duration(0)
 			if fault == "hang seen first by a live request" {
 				// instance 0 alone has traffic: its live request times
-				// out at the first missed beat, the others need 3 misses
+				// out at the first missed beat, the others need 3 misses;
+				// the supervisor takes a second to kill
 				extra += "\thealth_interval 500ms\n\thealth_fails 3\n"
+				delay = time.Second
 			}
-			r := newClusterRig(t, 3, 0, 5*time.Second, extra)
+			r := newClusterRig(t, 3, delay, 5*time.Second, extra)
 			var stop func() []chaos.Request
 			if fault == "hang seen first by a live request" {
 				ctx, cancel := context.WithCancel(t.Context())
