@@ -54,7 +54,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_held <n>
 //		retries <n>
 //		retry_methods <methods...>
-//		idempotency_key
+//		idempotency_key [generate]
 //		hedge <duration|auto>
 //		request_buffers <size>
 //		spawn <command> [<args...>] { ... }
@@ -299,10 +299,16 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 		}
 		h.Hedge = v
 	case "idempotency_key":
+		h.IdempotencyKey = KeysHonor
 		if d.NextArg() {
-			return true, d.Errf("idempotency_key %q: takes no arguments", d.Val())
+			if d.Val() != "generate" {
+				return true, d.Errf("idempotency_key %q: want no argument (honour keys clients send) or generate", d.Val())
+			}
+			h.IdempotencyKey = KeysGenerate
 		}
-		h.IdempotencyKey = true
+		if d.NextArg() {
+			return true, d.Errf("idempotency_key %q: takes at most one argument, generate", d.Val())
+		}
 	case "request_buffers":
 		v, err := oneArg(d)
 		if err != nil {

@@ -442,7 +442,7 @@ func TestHandlerValidate(t *testing.T) {
 		Retries:        &retries,
 		MaxHeld:        1,
 		RetryMethods:   []string{"GET", "POST"},
-		IdempotencyKey: true,
+		IdempotencyKey: KeysHonor,
 		Health:         &HealthConfig{URI: "/healthz", Status: "2xx", Interval: caddy.Duration(time.Second), Fails: 1},
 	}
 	assert.NoError(t, ok.Validate())

@@ -74,8 +74,12 @@ type Handler struct {
 	RetryMethods []string `json:"retry_methods,omitempty"`
 
 	// Also replay requests that carry an Idempotency-Key header: the route
-	// promises its backends honour the key.
-	IdempotencyKey bool `json:"idempotency_key,omitempty"`
+	// promises its backends keep the key's contract (execute a key at most
+	// once, answer a repeat with the stored result: docs/idempotency.md).
+	// true honours keys clients send; "generate" also gives a new key (a
+	// random UUID) to every request whose method is not in retry_methods
+	// that carries none, before its first attempt. Default false.
+	IdempotencyKey IdempotencyKeys `json:"idempotency_key,omitempty"`
 
 	// Hedge sends a replayable request that has had no answer after this
 	// duration a second time, to a backend in service it has not tried;
@@ -403,6 +407,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		case holdExpired:
 			return h.noBackend(w)
 		}
+	}
+	if h.IdempotencyKey == KeysGenerate {
+		h.giveKey(r)
 	}
 	r = r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
 	err := h.Handler.ServeHTTP(w, r, next)

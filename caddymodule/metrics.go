@@ -30,11 +30,15 @@ var (
 	}, []string{"pool", "cause"})
 	mRescued = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "rescued_total",
-		Help: "Requests in flight on a backend ejected for a hang, cancelled there and replayed at once.",
+		Help: "Requests in flight on a backend suspected or ejected for a hang, cancelled there and replayed at once.",
 	}, []string{"pool"})
+	mFalseSuspicions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "failover", Name: "false_suspicions_total",
+		Help: "Backends suspected of a hang that answered before being ejected: slow, or paused shorter than a heartbeat timeout.",
+	}, []string{"pool", "backend"})
 	mRescuesDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "rescues_denied_total",
-		Help: "Requests in flight on a backend ejected for a hang that the retry budget did not let be replayed: they failed.",
+		Help: "Requests in flight on a backend suspected or ejected for a hang that the retry budget did not let be replayed: they failed.",
 	}, []string{"pool"})
 	mHedges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "hedges_total",
@@ -90,7 +94,7 @@ var (
 
 // states is every state, for the state gauge.
 var states = []healthcheck.State{healthcheck.Unknown, healthcheck.Healthy, healthcheck.Probation,
-	healthcheck.Ejected, healthcheck.Restarting, healthcheck.Draining, healthcheck.Maint}
+	healthcheck.Suspected, healthcheck.Ejected, healthcheck.Restarting, healthcheck.Draining, healthcheck.Maint}
 
 // poolCollector reports what is read from the pools at scrape time: states,
 // held requests, requests in flight.
@@ -126,7 +130,7 @@ func (poolCollector) Collect(ch chan<- prometheus.Metric) {
 
 // registerMetrics registers failover's metrics in a config's registry.
 func registerMetrics(reg *prometheus.Registry) error {
-	for _, c := range []prometheus.Collector{mEjections, mEjectionDelay, mReplays, mRescued, mRescuesDenied, mHedges, mHoldSeconds,
+	for _, c := range []prometheus.Collector{mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mRescuesDenied, mHedges, mHoldSeconds,
 		mHoldExpired, mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency,
 		mPeerDeferred, mPeerFacts, mStorageErrors, poolCollector{}} {
 		if err := reg.Register(c); err != nil {
@@ -143,7 +147,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 func forgetPool(name string) {
 	l := prometheus.Labels{"pool": name}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		mEjections, mEjectionDelay, mReplays, mRescued, mRescuesDenied, mHedges, mHoldSeconds, mHoldExpired,
+		mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mRescuesDenied, mHedges, mHoldSeconds, mHoldExpired,
 		mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency,
 		mPeerDeferred, mPeerFacts, mStorageErrors,
 	} {

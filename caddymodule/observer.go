@@ -132,6 +132,9 @@ func (o *observer) transition(t healthcheck.Transition) {
 			mEjectionDelay.WithLabelValues(name, t.Reason.String()).Observe(t.At.Sub(t.LastAnswer).Seconds())
 		}
 	}
+	if t.From == healthcheck.Suspected && t.To.InService() {
+		mFalseSuspicions.WithLabelValues(name, t.Backend).Inc()
+	}
 	if t.To == healthcheck.Restarting {
 		o.restarting[t.Index] = t.At
 	} else if since, ok := o.restarting[t.Index]; ok && t.From == healthcheck.Restarting {

@@ -65,7 +65,7 @@ func (st *requestState) hasTried(i int, gen uint64) bool {
 // shorter than request_buffers (a body of exactly that size is cut).
 func (h *Handler) replayable(req *http.Request) bool {
 	if _, ok := h.methods[req.Method]; !ok {
-		if !h.IdempotencyKey || req.Header.Get("Idempotency-Key") == "" {
+		if h.IdempotencyKey == KeysOff || req.Header.Get(KeyHeader) == "" {
 			return false
 		}
 	}

@@ -69,7 +69,8 @@ var endLoop = &reverseproxy.Upstream{Dial: "failover.stopped:1-2"}
 
 // pick returns the next backend in service that st has not failed on, or -1.
 // A backend on probation (slow start) takes only its share of its turns,
-// unless nothing else is left.
+// and a quiet one (requests wait on it, no answer lately: maybe frozen)
+// none, unless nothing else is left.
 func (s *selector) pick(st *requestState) int {
 	backends := s.h.backends
 	n := len(backends)
@@ -78,7 +79,7 @@ func (s *selector) pick(st *requestState) int {
 	for range n {
 		b := backends[i]
 		if b.InService() && !st.hasTried(i, b.Gen()) {
-			if !b.InProbation() || rand.Float64() < b.Share(time.Now()) {
+			if !b.Quiet() && (!b.InProbation() || rand.Float64() < b.Share(time.Now())) {
 				return i
 			}
 			if fallback < 0 {

@@ -70,7 +70,12 @@ func (a *activeBody) Close() error {
 // the backend that gave it: b, or a hedge's (hedge.go).
 func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.Backend) (*http.Response, *healthcheck.Backend, error) {
 	if !t.h.replayable(req) {
+		// registered without a cancel: never rescued, but seen waiting,
+		// so that a frozen backend is suspected and gets no more
+		st.flight.Cancel = nil
+		b.Begin(&st.flight)
 		res, err := t.inner.RoundTrip(req)
+		b.End(&st.flight)
 		if err != nil {
 			return nil, b, t.failed(req.Context(), b, st, err, false)
 		}
@@ -83,8 +88,8 @@ func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.
 	b.Begin(&st.flight)
 	res, by, err := t.roundTrip(req.WithContext(ctx), parent, st, b)
 	if b.End(&st.flight) && parent.Err() == nil && by == b {
-		// ejected for a hang while in flight: nothing reached the client
-		// yet, so throw away whatever came and replay at once, if the
+		// suspected or ejected for a hang while in flight: nothing reached
+		// the client yet, so throw away whatever came and replay at once, if the
 		// pool's retry budget allows an extra attempt
 		if res != nil {
 			res.Body.Close()

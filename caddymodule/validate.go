@@ -264,6 +264,9 @@ func (h *Handler) validate() error {
 			return err
 		}
 	}
+	if h.IdempotencyKey > KeysGenerate {
+		return fmt.Errorf("failover: idempotency_key %d: want false, true or \"generate\"", h.IdempotencyKey)
+	}
 	if err := validateCount("max_held", h.MaxHeld, true); err != nil {
 		return err
 	}

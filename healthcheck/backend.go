@@ -26,6 +26,10 @@ type Backend struct {
 	lastBeat atomic.Int64
 	// answered is when b last answered a live request (UnixNano).
 	answered atomic.Int64
+	// heard is when b last answered a heartbeat (UnixNano).
+	heard atomic.Int64
+	// sus is the watchdog's record of b (suspect.go)
+	sus suspicion
 
 	// guarded by pool.mu
 	state  State
@@ -149,10 +153,13 @@ func (b *Backend) wakeIdle() {
 	}
 }
 
-// Flight is a request in flight on a backend that may be replayed. It is
-// registered so that an ejection for a hang can cancel it at once instead
-// of leaving its client to sit out a response timeout.
+// Flight is a request in flight on a backend. It is registered so that the
+// watchdog sees how long it waits (suspect.go), and, when it may be
+// replayed, so that a suspicion or an ejection for a hang can cancel it at
+// once instead of leaving its client to sit out a response timeout.
 type Flight struct {
+	// Cancel cancels a replayable request's attempt; nil: not replayable,
+	// never rescued (it only counts as waiting).
 	Cancel  context.CancelCauseFunc
 	start   time.Time
 	slot    int
@@ -167,6 +174,9 @@ func (b *Backend) Begin(f *Flight) {
 	f.rescued = false
 	b.flights = append(b.flights, f)
 	b.flightMu.Unlock()
+	if b.pool.dog.idle.Load() {
+		b.pool.dog.wakeUp()
+	}
 }
 
 // End removes f from b's flights. It reports whether f was rescued (its
@@ -185,6 +195,9 @@ func (b *Backend) End(f *Flight) (rescued bool) {
 	moved.slot = f.slot
 	b.flights[last] = nil
 	b.flights = b.flights[:last]
+	if last == 0 {
+		b.sus.setQuiet(false) // nothing waits: not quiet, whatever the last look saw
+	}
 	return false
 }
 
@@ -208,16 +221,38 @@ func (b *Backend) InFlight() int {
 	return len(b.flights)
 }
 
-// rescue cancels every registered flight with ErrRescued. The cancel funcs
-// are taken under the lock, so a flight that ended first is never touched.
+// oldest returns when the longest-waiting flight began (zero: none).
+func (b *Backend) oldest() time.Time {
+	b.flightMu.Lock()
+	defer b.flightMu.Unlock()
+	var t time.Time
+	for _, f := range b.flights {
+		if t.IsZero() || f.start.Before(t) {
+			t = f.start
+		}
+	}
+	return t
+}
+
+// rescue cancels every replayable flight with ErrRescued (the transport
+// then asks the retry budget whether it is replayed); the others stay
+// registered. The cancel funcs are taken under the lock, so a flight that
+// ended first is never touched.
 func (b *Backend) rescue() int {
 	b.flightMu.Lock()
-	cancels := make([]context.CancelCauseFunc, len(b.flights))
-	for i, f := range b.flights {
-		cancels[i] = f.Cancel
+	var cancels []context.CancelCauseFunc
+	kept := b.flights[:0]
+	for _, f := range b.flights {
+		if f.Cancel == nil {
+			f.slot = len(kept)
+			kept = append(kept, f)
+			continue
+		}
+		cancels = append(cancels, f.Cancel)
 		f.rescued = true
 	}
-	b.flights = nil
+	clear(b.flights[len(kept):])
+	b.flights = kept
 	b.flightMu.Unlock()
 	for _, cancel := range cancels {
 		cancel(ErrRescued)

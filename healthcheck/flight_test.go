@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -235,4 +236,61 @@ func TestNoRescueWhenGuarded(t *testing.T) {
 	requireState(t, bs[0], Healthy, ReasonNone)
 	assert.NoError(t, ctx.Err())
 	assert.False(t, bs[0].End(f))
+}
+
+// A rescue cancels only replayable flights (with a Cancel); the others
+// stay registered, at their own slots, and end as usual.
+func TestRescueKeepsWhatItMayNotReplay(t *testing.T) {
+	b := NewPool([]string{"a:1"}, Config{}, nil).Backends()[0]
+	cancelled := 0
+	live := map[*Flight]bool{}
+	var replayable, waiting []*Flight
+	for i := range 8 {
+		f := &Flight{}
+		if i%2 == 0 {
+			f.Cancel = func(cause error) {
+				assert.ErrorIs(t, cause, ErrRescued)
+				cancelled++
+			}
+			replayable = append(replayable, f)
+		} else {
+			waiting = append(waiting, f)
+			live[f] = true
+		}
+		b.Begin(f)
+	}
+	require.Equal(t, 4, b.rescue())
+	assert.Equal(t, 4, cancelled)
+	checkFlights(t, b, live)
+	for _, f := range replayable {
+		require.True(t, b.End(f))
+	}
+	checkFlights(t, b, live)
+	for _, f := range waiting {
+		require.False(t, b.End(f), "a request that may not be replayed is never rescued")
+	}
+	require.Zero(t, b.InFlight())
+}
+
+// Quiet: at the watchdog's look, a request waits and nothing was heard
+// for half the threshold.
+func TestQuiet(t *testing.T) {
+	p := NewPool([]string{"a:1", "b:1"}, Config{}, nil)
+	b := p.Backends()[0]
+	p.observe(b, Pass, nil)
+	look := func(after time.Duration) bool {
+		p.look(time.Now().Add(after))
+		return b.Quiet()
+	}
+	b.Answered()
+	assert.False(t, look(time.Hour), "nothing waits")
+	f := &Flight{}
+	b.Begin(f)
+	assert.False(t, look(0), "answered just now")
+	quiet := suspectFloor * 3 / 4 // past half the threshold, short of it
+	assert.True(t, look(quiet), "silent while a request waits")
+	b.heard.Store(time.Now().Add(quiet).UnixNano())
+	assert.False(t, look(quiet), "a heartbeat answered")
+	b.End(f)
+	assert.False(t, look(time.Hour), "nothing waits")
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 }
 
 // runChild is the real child process: GET /health → 200, /bad → 500,
-// anything else → 200. It prints "ready ADDR" once listening and exits when
+// /slow?ms=N → 200 after N milliseconds, anything else → 200. It prints "ready ADDR" once listening and exits when
 // its stdin closes (the parent died or let go of it).
 func runChild(addr string) {
 	ln, err := net.Listen("tcp", addr)
@@ -44,6 +45,11 @@ func runChild(addr string) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	mux.HandleFunc("/bad", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusInternalServerError) })
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		_, _ = io.WriteString(w, "ok")
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
 	go func() {
 		_, _ = io.Copy(io.Discard, os.Stdin)

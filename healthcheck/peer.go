@@ -79,7 +79,7 @@ func (p *Pool) peerRestart(b *Backend, cause error) {
 			b.leaseUntil = f.until // the peer's lease is the cluster's
 		}
 		return
-	case !s.InService() && s != Ejected, s == Ejected && b.reason == BadStatus:
+	case !s.InService() && s != Ejected && s != Suspected, s == Ejected && b.reason == BadStatus:
 		return // unknown, draining, maint; or answering here, never restarted
 	}
 	// a restart in a row, as if this instance had asked: the crash-loop
@@ -90,7 +90,7 @@ func (p *Pool) peerRestart(b *Backend, cause error) {
 	b.lease++ // a restart request of this instance in flight is superseded
 	b.leaseUntil, b.restartedAt = f.until, f.since
 	r := b.reason // ejected: its own reason
-	if b.state.InService() {
+	if b.state != Ejected {
 		switch r = f.reason; r {
 		case Hang, Crash, LeaseExpired:
 		default:

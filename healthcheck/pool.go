@@ -38,6 +38,8 @@ type Pool struct {
 	// a moving average, 0 until one was seen
 	restartTook time.Duration
 	restartWake chan struct{}
+	// dog watches requests in flight for hangs (suspect.go)
+	dog watchdog
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -57,6 +59,7 @@ func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 		cfg:         cfg.WithDefaults(),
 		restartWake: make(chan struct{}, 1),
 	}
+	p.dog.init()
 	p.log.Store(log)
 	p.slowStart.Store(int64(cfg.SlowStart))
 	ready := make(chan struct{})
@@ -95,6 +98,11 @@ func (p *Pool) Start() {
 	go func() {
 		defer p.wg.Done()
 		p.superviseRestarts()
+	}()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.watch()
 	}()
 	for _, b := range p.backends {
 		pr := newProber(p, b)

@@ -124,6 +124,7 @@ func (pr *prober) run() {
 		}
 		if e != Miss && e != Gone {
 			pr.b.lastBeat.Store(int64(took)) // answered
+			pr.b.heard.Store(time.Now().UnixNano())
 		}
 		pr.p.observe(pr.b, e, cause)
 		if pr.onBeat != nil {

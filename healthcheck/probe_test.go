@@ -411,7 +411,7 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	chs := beats(p)
 	p.Start()
 	p.Start() // a second Start starts nothing
-	assert.Equal(t, len(addrs)+1, stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).Start"), "one prober per backend and the restart supervisor")
+	assert.Equal(t, len(addrs)+2, stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).Start"), "one prober per backend, the restart supervisor and the watchdog")
 	rec.healthy(0)
 	for nextBeat(t, chs[1], "a refused beat").e != Gone {
 	}

@@ -11,8 +11,9 @@ import (
 //
 //	unknown → healthy → ejected(reason) → restarting → probation → healthy
 //
-// plus an operator's draining and maint. Only Healthy and Probation
-// backends are in service (receive new requests).
+// plus suspected (between healthy and ejected: see suspect.go) and an
+// operator's draining and maint. Only Healthy and Probation backends are in
+// service (receive new requests).
 type State uint8
 
 const (
@@ -36,9 +37,14 @@ const (
 	Draining
 	// Maint: out by hand for maintenance, on the same rules as Draining.
 	Maint
+	// Suspected: a request waits on it longer than its usual latency
+	// warrants, it answered nothing meanwhile and an urgent heartbeat went
+	// unanswered: out of service at once, its replayable requests rescued;
+	// its next answer readmits it, its next misses eject it (suspect.go).
+	Suspected
 )
 
-var stateNames = [...]string{"unknown", "healthy", "ejected", "restarting", "probation", "draining", "maint"}
+var stateNames = [...]string{"unknown", "healthy", "ejected", "restarting", "probation", "draining", "maint", "suspected"}
 
 func (s State) String() string {
 	if int(s) < len(stateNames) {
@@ -125,8 +131,9 @@ type Transition struct {
 }
 
 // ErrRescued is the cancel cause of a request that was in flight on a
-// backend ejected for a hang: it is to be replayed elsewhere at once.
-var ErrRescued = errors.New("backend ejected for a hang while the request was in flight")
+// backend suspected or ejected for a hang: it is to be replayed elsewhere
+// at once.
+var ErrRescued = errors.New("backend suspected or ejected for a hang while the request was in flight")
 
 // Evidence is what the engine learns about a backend; with the restart
 // policy's timers and an operator's actions, it drives the transition table

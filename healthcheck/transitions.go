@@ -14,27 +14,28 @@ import (
 // since the last pass (the reason is the F-th's), a "miss" a beat unanswered
 // (miss or timeout) since the last answer or refusal.
 //
-//	input \ state     unknown              healthy, probation         ejected(r)                   restarting(r)           draining(manual)  draining(announced)  maint
-//	pass              healthy              -                          P-th pass: admit¹            P = 1: admit¹,          -                 admit¹               -
-//	                                                                                               else ejected(r)
-//	miss              F-th fail:           F-th fail: ejected(hang)²  r crash or bad-status and    -                       -                 -                    -
-//	                  ejected(hang)                                   F-th miss: ejected(hang)
-//	timeout           as miss              ejected(hang)²             as miss                      -                       -                 -                    -
-//	wrong status      F-th fail:           F-th fail:                 ejected(bad-status)          ejected(bad-status)     -                 -                    -
+//	input \ state     unknown              healthy, probation         suspected            ejected(r)                   restarting(r)           draining(manual)  draining(announced)  maint
+//	pass              healthy              -                          healthy⁷             P-th pass: admit¹            P = 1: admit¹,          -                 admit¹               -
+//	                                                                                                                      else ejected(r)
+//	miss              F-th fail:           F-th fail: ejected(hang)²  ejected(hang)        r crash or bad-status and    -                       -                 -                    -
+//	                  ejected(hang)                                                        F-th miss: ejected(hang)
+//	timeout           as miss              ejected(hang)²             ejected(hang)        as miss                      -                       -                 -                    -
+//	wrong status      F-th fail:           F-th fail:                 ejected(bad-status)  ejected(bad-status)          ejected(bad-status)     -                 -                    -
 //	                  ejected(bad-status)  ejected(bad-status)²
-//	gone              -⁶                   ejected(crash)             ejected(crash)               -                       -                 -                    -
-//	drain announced⁵  draining(announced)  draining(announced)        draining(announced)          draining(announced)     -                 -                    -
-//	drain             draining(manual)     draining(manual)           draining(manual)             draining(manual)        -                 draining(manual)     draining(manual)
-//	maint             maint(manual)        maint(manual)              maint(manual)                maint(manual)           maint(manual)     maint(manual)        -
-//	return            -                    -                          -                            -                       unknown³          unknown³             unknown³
-//	restart due⁴      -                    guarded(hang):             r hang or lease-expired, or  -                       -                 -                    -
-//	                                       restarting(hang)           crash with restart_crashed:
-//	                                                                  restarting(r)
-//	lease expired     -                    -                          -                            ejected(lease-expired)  -                 -                    -
-//	restart failed    -                    -                          -                            ejected(r)              -                 -                    -
-//	slow start over   -                    probation: healthy         -                            -                       -                 -                    -
-//	peer restart⁷     -                    restarting(peer's r)⁸      r not bad-status:            -⁹                      -                 -                    -
-//	                                                                  restarting(r)
+//	gone              -⁶                   ejected(crash)             ejected(crash)       ejected(crash)               -                       -                 -                    -
+//	suspect⁸          -                    suspected²                 -                    -                            -                       -                 -                    -
+//	drain announced⁵  draining(announced)  draining(announced)        draining(announced)  draining(announced)          draining(announced)     -                 -                    -
+//	drain             draining(manual)     draining(manual)           draining(manual)     draining(manual)             draining(manual)        -                 draining(manual)     draining(manual)
+//	maint             maint(manual)        maint(manual)              maint(manual)        maint(manual)                maint(manual)           maint(manual)     maint(manual)        -
+//	return            -                    -                          -                    -                            -                       unknown³          unknown³             unknown³
+//	restart due⁴      -                    guarded(hang):             -                    r hang or lease-expired, or  -                       -                 -                    -
+//	                                       restarting(hang)                                crash with restart_crashed:
+//	                                                                                       restarting(r)
+//	lease expired     -                    -                          -                    -                            ejected(lease-expired)  -                 -                    -
+//	restart failed    -                    -                          -                    -                            ejected(r)              -                 -                    -
+//	slow start over   -                    probation: healthy         -                    -                            -                       -                 -                    -
+//	peer restart⁹     -                    restarting(peer's r)¹⁰     restarting(peer's r)¹⁰ r not bad-status:            -¹¹                     -                 -                    -
+//	                                                                                       restarting(r)
 //
 //	¹ probation when slow_start is set, else healthy; from unknown healthy (it never failed, so one pass)
 //	² unless the last in service: the panic guard keeps it (no transition), guarded for that reason;
@@ -44,12 +45,17 @@ import (
 //	  no crash-loop backoff pending, fewer than max_restarting restarting
 //	⁵ a heartbeat answer, whatever its status, with the DrainHeader
 //	⁶ nothing listens yet (a process starting): no transition, not counted as a fail
-//	⁷ another instance sharing the pool asked for the restart (peer.go), after this instance's last
+//	⁷ a suspicion cleared (false, or a pause shorter than a heartbeat): back in service at once, no
+//	  slow start, whatever P (it was never ejected); logged and counted as a false suspicion
+//	⁸ the watchdog's urgent heartbeat went unanswered while a request waited (suspect.go); the
+//	  next miss confirms it, as a miss while a request waits is a timeout; under the panic guard no
+//	  transition and no guard reason (the beats that follow decide)
+//	⁹ another instance sharing the pool asked for the restart (peer.go), after this instance's last
 //	  answer from b and with its lease still running; else no transition. The lease runs until the
 //	  peer's ends, and counts for the crash-loop backoff as a restart of this instance's
-//	⁸ hang, crash or lease-expired; crash for an operator's replacement (the process goes away);
+//	¹⁰ hang, crash or lease-expired; crash for an operator's replacement (the process goes away);
 //	  no panic guard: the process is being restarted
-//	⁹ the lease runs until the peer's ends, if later
+//	¹¹ the lease runs until the peer's ends, if later
 //
 // A draining backend whose process is being replaced (ReturnOnNewProcess)
 // takes "return" by itself at its first pass on a connection made since:
@@ -75,6 +81,9 @@ const (
 	inDrain
 	inMaint
 	inReturn
+	// inSuspect: the watchdog's urgent heartbeat went unanswered while a
+	// request waited (suspect.go).
+	inSuspect
 	// inPeerRestart: a peer asked for the restart (PeerRestarted).
 	inPeerRestart
 )
@@ -95,9 +104,15 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 	}
 	rescue, guarded := p.apply(b, input(e), cause)
 	p.unlock()
+	p.settle(b, e.String(), cause, rescue, guarded)
+}
+
+// settle does, with p.mu released, what apply asked for: log a new panic
+// guard, rescue the flights of a backend suspected or ejected for a hang.
+func (p *Pool) settle(b *Backend, evidence string, cause error, rescue, guarded bool) {
 	if guarded {
 		p.logger().Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
-			zap.String("backend", b.Addr), zap.Stringer("evidence", e), zap.Error(cause))
+			zap.String("backend", b.Addr), zap.String("evidence", evidence), zap.Error(cause))
 	}
 	if rescue {
 		if n := b.rescue(); n > 0 {
@@ -111,9 +126,9 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 var evidenceReason = [...]Reason{Miss: Hang, Timeout: Hang, WrongStatus: BadStatus, Gone: Crash}
 
 // apply is the state machine: every transition of every backend is made
-// here, under p.mu. It reports whether b was ejected for a hang (its
-// flights are to be rescued) and whether the panic guard kept b in service
-// for a new reason (to be logged).
+// here, under p.mu. It reports whether b was suspected or ejected for a
+// hang (its flights are to be rescued) and whether the panic guard kept b
+// in service for a new reason (to be logged).
 func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 	s, r := b.state, b.reason
 	held := s == Draining || s == Maint // evidence only counts
@@ -128,8 +143,10 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 			p.learnRestart(b)
 		}
 		switch {
-		case announced:
-			p.admit(b) // the backend ends its drain by no longer announcing it
+		case announced, s == Suspected:
+			// the backend ends its drain by no longer announcing it; a
+			// suspect answers: the suspicion clears
+			p.admit(b)
 		case s.InService() || held:
 		case s == Unknown || b.passes >= p.cfg.Passes:
 			p.admit(b) // unknown needs one pass: it has never failed
@@ -163,6 +180,12 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 			} else if e == Timeout || b.fails >= p.cfg.Fails {
 				rescue, guarded = p.ejectGuarded(b, to, cause)
 			}
+		case s == Suspected:
+			// already out of service: no panic guard; a miss confirms the
+			// urgent beat's, and an answer that is not a pass is no way
+			// back to service
+			p.set(b, Ejected, to, cause)
+			rescue = to == Hang // what began just before, or was not let go
 		case s == Ejected:
 			// later evidence updates the reason: any answer ends a hang or
 			// a crash, a refusal proves the process gone, and a crashed or
@@ -207,6 +230,15 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 		p.set(b, Draining, Manual, nil)
 	case inMaint:
 		p.set(b, Maint, Manual, nil)
+	case inSuspect:
+		if !s.InService() {
+			break
+		}
+		b.passes = 0
+		if p.inService > 1 { // the panic guard: nothing else in service
+			p.set(b, Suspected, ReasonNone, cause)
+			rescue = true
+		}
 	case inReturn:
 		if held {
 			b.fails, b.passes, b.misses = 0, 0, 0
@@ -220,13 +252,13 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 	return rescue, guarded
 }
 
-// admit is the transition into service: unknown → healthy, and ejected,
-// restarting or draining(announced) → probation (with slow start) or
-// healthy.
+// admit is the transition into service: unknown or suspected → healthy,
+// and ejected, restarting or draining(announced) → probation (with slow
+// start) or healthy.
 func (p *Pool) admit(b *Backend) {
 	b.gen.Add(1)
 	to := Healthy
-	if time.Duration(p.slowStart.Load()) > 0 && b.state != Unknown {
+	if time.Duration(p.slowStart.Load()) > 0 && b.state != Unknown && b.state != Suspected {
 		to = Probation
 	}
 	p.set(b, to, ReasonNone, nil) // in service before waiters wake
@@ -322,10 +354,17 @@ func (p *Pool) deliver(wait bool) {
 		p.pending = nil
 		p.mu.Unlock()
 		for _, t := range ts {
-			if t.To == Ejected {
+			switch {
+			case t.To == Ejected:
 				p.logger().Warn("backend ejected", zap.String("backend", t.Backend),
 					zap.Stringer("reason", t.Reason), zap.String("cause", t.Cause))
-			} else {
+			case t.To == Suspected:
+				p.logger().Warn("backend suspected of a hang: out of service until it answers", zap.String("backend", t.Backend),
+					zap.String("cause", t.Cause))
+			case t.From == Suspected && t.To.InService():
+				p.logger().Info("false suspicion: the suspected backend answered and is back in service (slow, or paused shorter than a heartbeat timeout)",
+					zap.String("backend", t.Backend))
+			default:
 				p.logger().Info("backend state", zap.String("backend", t.Backend),
 					zap.Stringer("from", t.From), zap.Stringer("to", t.To), zap.Stringer("reason", t.Reason))
 			}

@@ -108,6 +108,7 @@ func TestTransitionTable(t *testing.T) {
 			}
 			p.restartRound(at)
 		}},
+		{"suspect", 2, 2, false, func(p *Pool, b *Backend) { p.suspect(b, errTest) }},
 		{"peer restart", 2, 2, false, peer(true)},
 		{"stale peer restart", 2, 2, false, peer(false)},
 	}
@@ -164,47 +165,50 @@ func TestTransitionTable(t *testing.T) {
 		RH = "restarting(hang)"
 		RC = "restarting(crash)"
 		RL = "restarting(lease-expired)"
+		S  = "suspected"
 	)
 	rows := []struct {
 		state string // reached by setup
 		alone bool   // the only backend that may be in service
 		guard Reason // the panic guard's reason after setup
 		setup func(*Pool, *Backend)
-		cells [19]string
+		cells [20]string
 	}{
-		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow peer stale
+		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow suspect peer stale
 		{U, false, ReasonNone, func(*Pool, *Backend) {},
-			[19]string{H, H, "-", EH, "-", "-", EB, "-", DA, D, M, "-", "-", "-", "-", "-", "-", "-", "-"}},
+			[20]string{H, H, "-", EH, "-", "-", EB, "-", DA, D, M, "-", "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{H, false, ReasonNone, ev(Pass),
-			[19]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", RH, "-"}},
+			[20]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", S, RH, "-"}},
 		{P, false, ReasonNone, probation,
-			[19]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", H, RH, "-"}},
+			[20]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", H, S, RH, "-"}},
 		{H, true, Hang, hang,
-			[19]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", "-", RH, "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", "-", "-", RH, "-"}},
 		{H, true, BadStatus, seq(hang, ev(WrongStatus)),
-			[19]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", RH, "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-", RH, "-"}},
 		{P, true, Hang, seq(probation, ev(Timeout)),
-			[19]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H, RH, "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H, "-", RH, "-"}},
 		{EC, false, ReasonNone, seq(ev(Pass), ev(Gone)),
-			[19]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-", RC, "-"}},
+			[20]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-", "-", RC, "-"}},
 		{EH, false, ReasonNone, hang,
-			[19]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-", RH, "-"}},
+			[20]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-", "-", RH, "-"}},
 		{EB, false, ReasonNone, func(p *Pool, b *Backend) { feed(p, b, Pass); feedUntil(p, b, WrongStatus, Ejected) },
-			[19]string{"-", P, "-", EH, "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-", "-"}},
+			[20]string{"-", P, "-", EH, "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{EL, false, ReasonNone, leaseExpired,
-			[19]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RL, RL, "-", "-", "-", RL, "-"}},
+			[20]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RL, RL, "-", "-", "-", "-", RL, "-"}},
 		{RH, false, ReasonNone, seq(hang, restartDue),
-			[19]string{EH, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EH, "-", "-", "-"}},
+			[20]string{EH, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EH, "-", "-", "-", "-"}},
 		{RC, false, ReasonNone, restartingCrash,
-			[19]string{EC, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EC, "-", "-", "-"}},
+			[20]string{EC, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EC, "-", "-", "-", "-"}},
 		{RL, false, ReasonNone, seq(leaseExpired, restartDue),
-			[19]string{EL, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EL, "-", "-", "-"}},
+			[20]string{EL, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EL, "-", "-", "-", "-"}},
+		{S, false, ReasonNone, seq(ev(Pass), func(p *Pool, b *Backend) { p.suspect(b, errTest) }),
+			[20]string{H, H, EH, EH, EH, EB, EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-", RH, "-"}},
 		{D, false, ReasonNone, seq(ev(Pass), (*Pool).Drain),
-			[19]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-", "-", "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{DA, false, ReasonNone, seq(ev(Pass), ev(DrainAnnounced)),
-			[19]string{P, P, "-", "-", "-", "-", "-", "-", "-", D, M, U, "-", "-", "-", "-", "-", "-", "-"}},
+			[20]string{P, P, "-", "-", "-", "-", "-", "-", "-", D, M, U, "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{M, false, ReasonNone, seq(ev(Pass), (*Pool).Maint),
-			[19]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-", "-", "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-", "-", "-", "-"}},
 	}
 
 	for _, row := range rows {

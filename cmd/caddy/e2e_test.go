@@ -164,6 +164,35 @@ func tail(s string, n int) string {
 	return s
 }
 
+// runChaos applies faults to r's backends under load: a stand-in
+// supervisor restarts what exits, and a hung backend is SIGKILLed a second
+// after its SIGSTOP. Every fault must have been applied. It returns the
+// report and the restarts the supervisor made.
+func (r *rig) runChaos(faults []chaos.Fault, load chaos.LoadConfig) (chaos.Report, int) {
+	r.t.Helper()
+	sup := r.chaosRig().StartSupervisor(chaos.SupervisorConfig{})
+	defer sup.Stop()
+	inj := &chaos.Injector{Backends: r.backends, HangFor: time.Second}
+	ctx, cancel := context.WithTimeout(r.t.Context(), 30*time.Second)
+	defer cancel()
+	go inj.Run(ctx, faults)
+	load.URL, load.Seed = r.url(""), 1
+	res := chaos.RunLoad(ctx, load)
+	inj.Wait()
+	rep, err := chaos.Analyze(res, r.records)
+	require.NoError(r.t, err)
+	r.t.Logf("\n%s", rep)
+
+	applied := 0
+	for _, ev := range inj.Events() {
+		if ev.Err == "" && ev.Action != "SIGKILL after hang" && ev.Action != "SIGCONT after pause" {
+			applied++
+		}
+	}
+	require.Equal(r.t, len(faults), applied, "every fault was applied: %v", inj.Events())
+	return rep, len(sup.Restarts())
+}
+
 // Under concurrent GET and POST load, backends are SIGKILLed and SIGSTOPped
 // (and restarted by a supervisor): no GET fails and no POST runs twice.
 func TestChaosNoFailedGETsNoDoublePOSTs(t *testing.T) {
@@ -171,39 +200,37 @@ func TestChaosNoFailedGETsNoDoublePOSTs(t *testing.T) {
 	r.start("failover {{upstreams}} {\n\thealth_uri /health\n}")
 	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
 
-	sup := r.chaosRig().StartSupervisor(chaos.SupervisorConfig{})
-	defer sup.Stop()
-	inj := &chaos.Injector{Backends: r.backends, HangFor: time.Second}
-	faults := []chaos.Fault{
+	rep, restarts := r.runChaos([]chaos.Fault{
 		{At: 500 * time.Millisecond, Kind: chaos.FaultCrash, Backend: 0},
 		{At: 1500 * time.Millisecond, Kind: chaos.FaultHang, Backend: 1},
 		{At: 3000 * time.Millisecond, Kind: chaos.FaultCrash, Backend: 2},
 		{At: 4000 * time.Millisecond, Kind: chaos.FaultHang, Backend: 0},
 		{At: 5500 * time.Millisecond, Kind: chaos.FaultOutage, Backend: -1},
 		{At: 7000 * time.Millisecond, Kind: chaos.FaultCrash, Backend: 1},
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	go inj.Run(ctx, faults)
-	res := chaos.RunLoad(ctx, chaos.LoadConfig{
-		URL: r.url(""), Concurrency: 8, Duration: 8500 * time.Millisecond, MaxRequests: 200000,
-		PostRatio: 0.3, Seed: 1, WorkMs: 2,
-	})
-	inj.Wait()
-	rep, err := chaos.Analyze(res, r.records)
-	require.NoError(t, err)
-	t.Logf("\n%s", rep)
-
-	applied := 0
-	for _, ev := range inj.Events() {
-		if ev.Err == "" && ev.Action != "SIGKILL after hang" {
-			applied++
-		}
-	}
-	require.Equal(t, len(faults), applied, "every fault was applied: %v", inj.Events())
-	require.GreaterOrEqual(t, len(sup.Restarts()), 6, "the supervisor restarted the killed backends")
+	}, chaos.LoadConfig{Concurrency: 8, Duration: 8500 * time.Millisecond, MaxRequests: 200000, PostRatio: 0.3, WorkMs: 2})
+	require.GreaterOrEqual(t, restarts, 6, "the supervisor restarted the killed backends")
 	require.Greater(t, rep.Total, 1000, "the load ran")
 	assert.Zero(t, rep.FailuresByMethod["GET"], "failed GETs")
+	assert.Zero(t, rep.ExecutedTwice, "POSTs executed twice: %v", rep.ExecutedTwiceIDs)
+	assert.Zero(t, rep.OKButNotRecorded, "POSTs acknowledged but never executed")
+}
+
+// Hangs and a 100ms stop-the-world pause among legitimately slow GETs (2%
+// take 1.5s): a frozen backend is suspected and its GETs rescued, but no
+// slow GET is ever cut off, no GET fails and no POST runs twice.
+func TestHangsAmongSlowGETs(t *testing.T) {
+	r := newRig(t, 3)
+	r.start("failover {{upstreams}} {\n\thealth_uri /health\n}")
+	r.waitStates(10*time.Second, "healthy", "healthy", "healthy")
+
+	rep, _ := r.runChaos([]chaos.Fault{
+		{At: 500 * time.Millisecond, Kind: chaos.FaultHang, Backend: 0},
+		{At: 1500 * time.Millisecond, Kind: chaos.FaultPause, Backend: 1},
+		{At: 2500 * time.Millisecond, Kind: chaos.FaultHang, Backend: 2},
+	}, chaos.LoadConfig{Concurrency: 8, Duration: 4 * time.Second, MaxRequests: 100000, PostRatio: 0.1, SlowRatio: 0.02, SlowMs: 1500, WorkMs: 2})
+	require.Positive(t, rep.SlowGets, "the load sent slow GETs")
+	assert.Zero(t, rep.FailuresByMethod["GET"], "failed GETs")
+	assert.Zero(t, rep.SlowGetsFailed, "slow GETs failed")
 	assert.Zero(t, rep.ExecutedTwice, "POSTs executed twice: %v", rep.ExecutedTwiceIDs)
 	assert.Zero(t, rep.OKButNotRecorded, "POSTs acknowledged but never executed")
 }

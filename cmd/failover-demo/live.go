@@ -118,15 +118,18 @@ func (l *live) fault(ev chaos.FaultEvent) {
 	l.mu.Lock()
 	if ev.Err == "" {
 		state := chaos.ProcDown
-		if ev.Action == "SIGSTOP" {
+		switch ev.Action {
+		case "SIGSTOP":
 			state = chaos.ProcHung
+		case "SIGCONT after pause":
+			state = chaos.ProcUp
 		}
 		for i := range l.procs {
 			if ev.Backend < 0 || ev.Backend == i {
 				l.procs[i].state = state
 			}
 		}
-		if ev.Action != "SIGKILL after hang" {
+		if ev.Action != "SIGKILL after hang" && ev.Action != "SIGCONT after pause" {
 			l.applied++
 		}
 	}
@@ -342,6 +345,8 @@ func colorState(state string) string {
 		return "\x1b[31m"
 	case chaos.StateRestarting:
 		return "\x1b[33m"
+	case chaos.StateSuspected:
+		return "\x1b[35m"
 	}
 	return "\x1b[2m"
 }

@@ -127,10 +127,13 @@ const stockDirective = `reverse_proxy {{upstreams}} {
 	}
 }`
 
-// defaultDirective runs the pool under failover's built-in supervisor.
+// defaultDirective runs the pool under failover's built-in supervisor. With
+// -keys failover gives every POST an Idempotency-Key and the backends keep
+// the key's contract in a shared store.
 const defaultDirective = `failover {
-	health_uri /health
-	spawn {{.BackendBin}} -addr {backend} -id b{index} -records {{.Records}} {
+	health_uri /health{{if .Keys}}
+	idempotency_key generate{{end}}
+	spawn {{.BackendBin}} -addr {backend} -id b{index} -records {{.Records}}{{if .Keys}} -keys-dir {{.KeysDir}}{{end}} {
 		to {{upstreams}}
 	}
 }`
@@ -151,12 +154,16 @@ type config struct {
 	Seed           int64         `json:"seed"`
 	PostRatio      float64       `json:"post_ratio"`
 	WorkMs         int           `json:"work_ms"`
+	SlowRatio      float64       `json:"slow_ratio,omitempty"`
+	SlowMs         int           `json:"slow_ms,omitempty"`
+	PauseFor       time.Duration `json:"pause_for_ns,omitempty"`
 	Timeout        time.Duration `json:"timeout_ns"`
 	Poll           time.Duration `json:"poll_ns"`
 	Warmup         time.Duration `json:"warmup_ns"`
 	Directive      string        `json:"directive"`
 	StockDirective string        `json:"stock_directive,omitempty"`
 	Compare        bool          `json:"compare"`
+	Keys           bool          `json:"keys"`
 	JSON           string        `json:"-"`
 	HTML           string        `json:"-"`
 	Keep           bool          `json:"-"`
@@ -169,18 +176,22 @@ func main() {
 	flag.DurationVar(&cfg.Duration, "duration", 20*time.Second, "how long the load runs (per proxy)")
 	flag.IntVar(&cfg.Backends, "backends", 3, "number of backends")
 	flag.IntVar(&cfg.Concurrency, "concurrency", 8, "closed-loop clients")
-	flag.StringVar(&faults, "faults", "crash,hang,outage", "comma-separated fault kinds (crash, hang, outage, deploy: a rolling restart, through failover's admin API or, for stock, SIGTERM one by one); empty: none")
+	flag.StringVar(&faults, "faults", "crash,hang,outage", "comma-separated fault kinds (crash, hang, outage, deploy: a rolling restart, through failover's admin API or, for stock, SIGTERM one by one; pause: SIGSTOP one backend, SIGCONT it -pause-for later); empty: none")
 	flag.DurationVar(&cfg.Every, "every", 2*time.Second, "one fault every this long")
 	flag.DurationVar(&cfg.HangFor, "hang-for", 1500*time.Millisecond, "without spawn (stock reverse_proxy): how long a hung backend stays hung before the stand-in supervisor kills and restarts it")
 	flag.DurationVar(&cfg.RestartSec, "restart-sec", 100*time.Millisecond, "without spawn: the stand-in supervisor's pause between a backend's exit and its restart")
 	flag.Int64Var(&cfg.Seed, "seed", 1, "seed of the fault schedule and the request mix")
 	flag.Float64Var(&cfg.PostRatio, "post-ratio", 0.2, "share of requests that are POST /order (not idempotent)")
 	flag.IntVar(&cfg.WorkMs, "work-ms", 5, "milliseconds each GET /work takes in the backend")
+	flag.Float64Var(&cfg.SlowRatio, "slow-ratio", 0, "share of GETs that are legitimately slow: GET /work?ms=<slow-ms>")
+	flag.IntVar(&cfg.SlowMs, "slow-ms", 1500, "milliseconds a slow GET (-slow-ratio) takes in the backend")
+	flag.DurationVar(&cfg.PauseFor, "pause-for", 100*time.Millisecond, "how long a pause fault stops a backend (SIGSTOP, then SIGCONT)")
 	flag.DurationVar(&cfg.Timeout, "timeout", 15*time.Second, "client timeout per request")
 	flag.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "unmeasured GET load before each run, so that every proxy starts warm")
 	flag.DurationVar(&cfg.Poll, "poll", 10*time.Millisecond, "how often to read the proxy's backend states from Caddy's admin API; 0: never (no states, no eject latencies)")
 	flag.StringVar(&cfg.Directive, "directive", defaultDirective,
-		"the site block, a Go template: {{upstreams}} is \"127.0.0.1:P1 127.0.0.1:P2 …\" ({{.Upstreams}} too), {{.Addrs}} the list, {{.BackendBin}} the example backend, {{.Records}} the order record file; with spawn Caddy runs the backends, else the demo does")
+		"the site block, a Go template: {{upstreams}} is \"127.0.0.1:P1 127.0.0.1:P2 …\" ({{.Upstreams}} too), {{.Addrs}} the list, {{.BackendBin}} the example backend, {{.Records}} the order record file, {{.Keys}} -keys and {{.KeysDir}} the backends' key store; with spawn Caddy runs the backends, else the demo does")
+	flag.BoolVar(&cfg.Keys, "keys", false, "exactly-once POSTs: the backends keep Idempotency-Keys in a shared store (-keys-dir), and the default site block has failover generate a key for every POST (idempotency_key generate); {{.Keys}} is true in the site block template")
 	flag.BoolVar(&cfg.Compare, "compare", false, "run the same scenario through stock reverse_proxy (-stock-directive) too, and compare")
 	flag.StringVar(&cfg.StockDirective, "stock-directive", stockDirective, "the site block of the -compare run")
 	flag.StringVar(&cfg.JSON, "json", "", "also write the runs (config, reports, faults, restarts, transitions, timelines) as JSON to this `file`")
@@ -222,6 +233,12 @@ func validate(cfg config) error {
 		return errors.New("-duration and -every must be positive")
 	case cfg.PostRatio < 0 || cfg.PostRatio > 1:
 		return errors.New("-post-ratio must be in [0, 1]")
+	case cfg.SlowRatio < 0 || cfg.SlowRatio > 1:
+		return errors.New("-slow-ratio must be in [0, 1]")
+	case cfg.SlowMs < 0 || cfg.SlowMs > 60000:
+		return errors.New("-slow-ms must be in 0..60000 (the backend's bound)")
+	case cfg.PauseFor < 0 || cfg.PauseFor > time.Minute:
+		return errors.New("-pause-for must be in 0..1m")
 	case cfg.Poll < 0 || cfg.Warmup < 0:
 		return errors.New("-poll and -warmup must not be negative")
 	}
@@ -272,8 +289,8 @@ func run(ctx context.Context, cfg config) error {
 	if len(cfg.Faults) == 0 {
 		plan = nil
 	}
-	fmt.Printf("load: %d clients for %v per proxy, %.0f%% POST; %d faults (%s), one every %v, seed %d\n",
-		cfg.Concurrency, cfg.Duration, 100*cfg.PostRatio, len(plan), strings.Join(cfg.Faults, ","), cfg.Every, cfg.Seed)
+	fmt.Printf("load: %d clients for %v per proxy, %.0f%% POST%s; %d faults (%s), one every %v, seed %d\n",
+		cfg.Concurrency, cfg.Duration, 100*cfg.PostRatio, map[bool]string{true: " (backends keep Idempotency-Keys)"}[cfg.Keys], len(plan), strings.Join(cfg.Faults, ","), cfg.Every, cfg.Seed)
 
 	var runs []*chaos.Run
 	for i, p := range proxies {
@@ -373,7 +390,7 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 	events := filepath.Join(dir, "events.log")
 	spawned := spawns(p.block)
 	rigCfg := chaos.RigConfig{
-		CaddyBin: caddyBin, BackendBin: backendBin, Dir: dir, Backends: cfg.Backends,
+		CaddyBin: caddyBin, BackendBin: backendBin, Dir: dir, Backends: cfg.Backends, Keys: cfg.Keys,
 		Globals: chaos.EventLogOptions(events) + "\n" + chaos.QuietAdminLog,
 	}
 	if spawned { // Caddy runs them: only pick their ports
@@ -464,7 +481,7 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 	}
 
 	var sup *chaos.Supervisor
-	inj := &chaos.Injector{OnFault: view.fault}
+	inj := &chaos.Injector{OnFault: view.fault, PauseFor: cfg.PauseFor}
 	if spawned {
 		view.begin(p.name, cfg.Duration, len(plan), rig.IDs(), pids.Pids(), watcher)
 		inj.PidOf, inj.NumBackends = pids.PidOf, cfg.Backends
@@ -497,6 +514,8 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 		Seed:        cfg.Seed,
 		Timeout:     cfg.Timeout,
 		WorkMs:      cfg.WorkMs,
+		SlowRatio:   cfg.SlowRatio,
+		SlowMs:      cfg.SlowMs,
 		OnResult:    view.result,
 	})
 	stopInj() // without spawn: kills a backend still hung now
@@ -521,7 +540,7 @@ func runScenario(ctx context.Context, cfg config, view *live, p proxy, plan []ch
 		stopSpawned()
 	}
 
-	rep, err := chaos.Analyze(res, rig.Records())
+	rep, err := chaos.Analyze(res, rig.RecordFiles()...)
 	if err != nil {
 		return nil, err
 	}
@@ -672,6 +691,12 @@ func machine() string {
 func scenario(cfg config, faults int) string {
 	s := fmt.Sprintf("%v per proxy after a %v warm-up, %d backends, %d closed-loop clients, %.0f%% POST /order, GET /work?ms=%d; ",
 		cfg.Duration, cfg.Warmup, cfg.Backends, cfg.Concurrency, 100*cfg.PostRatio, cfg.WorkMs)
+	if cfg.SlowRatio > 0 {
+		s += fmt.Sprintf("%.1f%% of GETs slow (ms=%d); ", 100*cfg.SlowRatio, cfg.SlowMs)
+	}
+	if cfg.Keys {
+		s += "the backends keep Idempotency-Keys in a shared store (-keys); "
+	}
 	if faults == 0 {
 		s += "no faults"
 	} else {

@@ -10,13 +10,19 @@
 //
 //	backend -addr 127.0.0.1:9001 [-id NAME] [-records FILE]
 //	        [-crash-after N] [-hang-after N] [-startup-delay DURATION]
+//	        [-keys-dir DIR [-key-lease DURATION] [-key-wait DURATION]]
 //
 // Endpoints:
 //
 //	GET  /health      200 "ok" (the heartbeat)
 //	GET  /work?ms=N   sleeps N ms, then 200 "backend=<id> pid=<pid>"
 //	POST /order       needs X-Request-Id; appends "<id> <pid>" to the record
-//	                  file, then 200 "ok <backend id>" (PUT is the same)
+//	                  file, then 200 "ok <backend id>" (PUT is the same).
+//	                  With -keys-dir, an order with an Idempotency-Key is
+//	                  executed at most once per key across every backend that
+//	                  shares DIR, and a repeat is answered with the stored
+//	                  answer (docs/idempotency.md); its record line is the
+//	                  first line of DIR/<hash>.done, written by the commit
 //	POST /crash       exits at once with status 2
 //	POST /hang        from now on every request hangs
 //	POST /close-listener
@@ -63,6 +69,10 @@ func main() {
 	startupDelay := flag.Duration("startup-delay", 0, "sleep this long before listening (a slow start)")
 	pidDir := flag.String("pidfile-dir", "", "write the pid to `dir`/<port>.pid once listening, for supervisors and restarters that signal by pidfile")
 	drainLinger := flag.Duration("drain-linger", 100*time.Millisecond, "on SIGTERM, once the drain was announced, go on accepting this long before closing the listener")
+	keysDir := flag.String("keys-dir", "", "keep Idempotency-Keys and their results in `dir`, shared by every backend: a keyed order runs at most once (see docs/idempotency.md)")
+	keyLease := flag.Duration("key-lease", time.Second, "with -keys-dir: an executor's lease on a key; a key whose executor is gone is taken over when it runs out (at once if the executor provably died on this host)")
+	keyWait := flag.Duration("key-wait", 10*time.Second, "with -keys-dir: longest a repeat waits on another executor's lease before answering 503")
+	faultHeader := flag.Bool("fault-header", false, "for tests: honour X-Fault: kill|stop and X-Fault-At: leased|committed on a keyed order, which SIGKILL or SIGSTOP this process at that point of the key's first execution")
 	drainNotice := flag.Duration("drain-notice", time.Second, "on SIGTERM, wait at most this long for a heartbeat to announce the drain to before closing the listener")
 	flag.Parse()
 	if *addr == "" || flag.NArg() > 0 {
@@ -81,6 +91,15 @@ func main() {
 		}
 		s.records = f
 	}
+
+	if *keysDir != "" {
+		ks, err := newKeyStore(*keysDir, *keyLease, *keyWait)
+		if err != nil {
+			log.Fatal(err)
+		}
+		s.keys = ks
+	}
+	s.faultHeader = *faultHeader
 
 	time.Sleep(*startupDelay)
 	ln, err := net.Listen("tcp", *addr)
@@ -136,13 +155,16 @@ func main() {
 }
 
 type server struct {
-	id         string
-	pid        int
-	records    *os.File // nil: orders are not recorded
-	ln         net.Listener
-	closed     atomic.Bool // the listener was closed on purpose
-	crashAfter int64
-	hangAfter  int64
+	id      string
+	pid     int
+	records *os.File  // nil: orders are not recorded
+	keys    *keyStore // nil: Idempotency-Key means nothing
+	// faultHeader: X-Fault on a keyed order kills or stops the process
+	faultHeader bool
+	ln          net.Listener
+	closed      atomic.Bool // the listener was closed on purpose
+	crashAfter  int64
+	hangAfter   int64
 
 	served    atomic.Int64  // application requests answered so far
 	draining  atomic.Bool   // SIGTERM received
@@ -284,6 +306,10 @@ func (s *server) order(w http.ResponseWriter, r *http.Request) {
 	rid := r.Header.Get("X-Request-Id")
 	if rid == "" || strings.ContainsFunc(rid, func(c rune) bool { return c <= ' ' || c == 0x7f }) {
 		http.Error(w, "X-Request-Id is required and must not contain spaces or control characters", http.StatusBadRequest)
+		return
+	}
+	if key := r.Header.Get("Idempotency-Key"); key != "" && s.keys != nil {
+		s.keyedOrder(w, r, rid, key)
 		return
 	}
 	if s.records != nil {

@@ -521,6 +521,35 @@ func TestAnalyze(t *testing.T) {
 	}
 }
 
+// A key store directory counts one execution per committed result (its
+// first line), beside a record file; other files in it are not records.
+func TestAnalyzeKeyStore(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"a.done": "p1 100\n200\nok b1\n", "b.done": "p2 101\n200\nok b2\n",
+		"a.lease.1": "host 100 5 0\n", "a.lease.2": "host 101 6 0\n", ".tmp.x": "p1 100\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := filepath.Join(t.TempDir(), "orders.log")
+	if err := os.WriteFile(log, []byte("p2 102\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	res := &Results{Start: t0, End: t0.Add(time.Second), Requests: []Request{
+		{Method: "POST", ID: "p1", Start: t0, Status: 200}, {Method: "POST", ID: "p2", Start: t0, Status: 200},
+	}}
+	r, err := Analyze(res, log, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RecordLines != 3 || r.ExecutedTwice != 1 || fmt.Sprint(r.ExecutedTwiceIDs) != "[p2]" || r.OKButNotRecorded != 0 || r.MalformedRecords != 0 {
+		t.Errorf("records %d, twice %d %v, not recorded %d, malformed %d", r.RecordLines, r.ExecutedTwice, r.ExecutedTwiceIDs, r.OKButNotRecorded, r.MalformedRecords)
+	}
+}
+
 func TestRunLoadAgainstBackend(t *testing.T) {
 	bs, records := startBackends(t, 1)
 	var seen atomic.Int64

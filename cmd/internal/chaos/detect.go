@@ -105,7 +105,7 @@ func (r *Report) AddFaults(start time.Time, nBackends int, faults []FaultEvent, 
 	}
 	var hits []hit
 	for _, ev := range faults {
-		if ev.Err == "" && ev.Kind == FaultDeploy {
+		if ev.Err == "" && (ev.Kind == FaultDeploy || ev.Kind == FaultPause && ev.Action == "SIGSTOP") {
 			f.FaultsApplied++ // no detection latency to measure: nothing failed
 			continue
 		}

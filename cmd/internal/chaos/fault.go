@@ -18,10 +18,11 @@ const (
 	FaultHang   = "hang"   // SIGSTOP one backend; SIGKILL it HangFor later unless Injector.PidOf is set
 	FaultOutage = "outage" // SIGKILL every backend at once
 	FaultDeploy = "deploy" // a rolling deploy: every backend restarted gracefully, one at a time
+	FaultPause  = "pause"  // a stop-the-world pause: SIGSTOP one backend, SIGCONT it PauseFor later
 )
 
 // FaultKinds lists the kinds Schedule and Injector know.
-var FaultKinds = []string{FaultCrash, FaultHang, FaultOutage, FaultDeploy}
+var FaultKinds = []string{FaultCrash, FaultHang, FaultOutage, FaultDeploy, FaultPause}
 
 // DefaultFaultKinds are the kinds a run has unless told otherwise: faults,
 // not deploys.
@@ -109,6 +110,7 @@ func (e FaultEvent) String() string {
 type Injector struct {
 	Backends []*Backend
 	HangFor  time.Duration // default 1.5s
+	PauseFor time.Duration // default 100ms
 	// PidOf, if set, replaces Backends: it returns the current pid of
 	// backend i (0 if none runs), for i in [0, NumBackends).
 	PidOf       func(i int) int
@@ -149,6 +151,10 @@ func (in *Injector) Run(ctx context.Context, faults []Fault) {
 func (in *Injector) Apply(ctx context.Context, f Fault) {
 	if f.Kind == FaultDeploy {
 		in.deploy(ctx, f)
+		return
+	}
+	if f.Kind == FaultPause {
+		in.pause(ctx, f)
 		return
 	}
 	if in.PidOf != nil {
@@ -199,6 +205,45 @@ func (in *Injector) Apply(ctx context.Context, f Fault) {
 		ev.Err = "unknown fault kind"
 	}
 	in.record(ev)
+}
+
+// pause SIGSTOPs one backend's process and SIGCONTs it PauseFor later (at
+// once if ctx ends): a stop-the-world pause, not a fault to be restarted.
+func (in *Injector) pause(ctx context.Context, f Fault) {
+	ev := FaultEvent{Fault: f, Time: time.Now(), Action: "SIGSTOP"}
+	pid := 0
+	switch {
+	case in.PidOf != nil && f.Backend >= 0 && f.Backend < in.NumBackends:
+		pid = in.PidOf(f.Backend)
+	case in.PidOf == nil && f.Backend >= 0 && f.Backend < len(in.Backends):
+		if p, _ := in.Backends[f.Backend].current(); !p.exited() {
+			pid = p.pid
+		}
+	}
+	if pid <= 0 {
+		ev.Err = ErrNotRunning.Error()
+		in.record(ev)
+		return
+	}
+	ev.Pids = []int{pid}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		ev.Err = err.Error()
+		in.record(ev)
+		return
+	}
+	in.record(ev)
+	pauseFor := in.PauseFor
+	if pauseFor <= 0 {
+		pauseFor = 100 * time.Millisecond
+	}
+	in.pending.Go(func() {
+		sleepCtx(ctx, pauseFor)
+		ev := FaultEvent{Fault: f, Time: time.Now(), Action: "SIGCONT after pause", Pids: []int{pid}}
+		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+			ev.Err = err.Error()
+		}
+		in.record(ev)
+	})
 }
 
 // killHung SIGKILLs the hung process HangFor after its SIGSTOP, or at once if

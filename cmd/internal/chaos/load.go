@@ -28,6 +28,9 @@ type LoadConfig struct {
 	Seed        int64         `json:"seed"`         // drives the GET/POST mix and the request ids
 	Timeout     time.Duration `json:"timeout_ns"`   // per request, body included; default 15s
 	WorkMs      int           `json:"work_ms"`      // GET /work?ms=WorkMs; 0: no ms parameter
+	// SlowRatio of the GETs are legitimately slow: GET /work?ms=SlowMs.
+	SlowRatio float64 `json:"slow_ratio,omitempty"`
+	SlowMs    int     `json:"slow_ms,omitempty"`
 
 	// OnResult, if set, is called with every finished request, concurrently
 	// from the workers (e.g. to print progress with atomic counters).
@@ -46,7 +49,8 @@ const (
 type Request struct {
 	Worker  int           `json:"worker"`
 	Method  string        `json:"method"`
-	ID      string        `json:"id"` // X-Request-Id: "<seed>-<worker>-<n>"
+	Slow    bool          `json:"slow,omitempty"` // a legitimately slow GET (LoadConfig.SlowRatio)
+	ID      string        `json:"id"`             // X-Request-Id: "<seed>-<worker>-<n>"
 	Start   time.Time     `json:"start"`
 	Latency time.Duration `json:"latency_ns"` // until the body was read, or the error
 	Status  int           `json:"status,omitempty"`
@@ -92,6 +96,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) *Results {
 	if cfg.WorkMs > 0 {
 		workURL += "?ms=" + strconv.Itoa(cfg.WorkMs)
 	}
+	slowURL := base + "/work?ms=" + strconv.Itoa(cfg.SlowMs)
 	client := &http.Client{
 		Timeout: cfg.Timeout,
 		Transport: &http.Transport{
@@ -114,9 +119,13 @@ func RunLoad(ctx context.Context, cfg LoadConfig) *Results {
 			for n := 0; ctx.Err() == nil && time.Now().Before(deadline) && claimed.Add(1) <= int64(cfg.MaxRequests); n++ {
 				id := fmt.Sprintf("%d-%d-%d", cfg.Seed, w, n)
 				var r Request
-				if rng.Float64() < cfg.PostRatio {
+				switch {
+				case rng.Float64() < cfg.PostRatio:
 					r = do(ctx, client, http.MethodPost, base+"/order", id, []byte(`{"order":"`+id+`"}`))
-				} else {
+				case cfg.SlowRatio > 0 && rng.Float64() < cfg.SlowRatio: // no draw without: same mix as before
+					r = do(ctx, client, http.MethodGet, slowURL, id, nil)
+					r.Slow = true
+				default:
 					r = do(ctx, client, http.MethodGet, workURL, id, nil)
 				}
 				r.Worker = w

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -59,6 +60,8 @@ type Report struct {
 	LatencyP99  Duration `json:"latency_p99_ms"`
 	LatencyP999 Duration `json:"latency_p999_ms"`
 	LatencyMax  Duration `json:"latency_max_ms"`
+	// LatencyMaxOK is the longest a successful request took.
+	LatencyMaxOK Duration `json:"latency_max_ok_ms"`
 
 	// LongestGap is the longest stretch of wall time, including the edges of
 	// the run, in which no successful request completed; it starts
@@ -76,6 +79,10 @@ type Report struct {
 	ExtraExecutions   int `json:"extra_executions"`    // record lines beyond the first, summed over those ids
 	FailedButExecuted int `json:"failed_but_executed"` // POSTs the client saw fail that did execute
 	OKButNotRecorded  int `json:"ok_but_not_recorded"` // acknowledged POSTs without a record (should be 0)
+
+	// Legitimately slow GETs (LoadConfig.SlowRatio): sent, and failed.
+	SlowGets       int `json:"slow_gets"`
+	SlowGetsFailed int `json:"slow_gets_failed"`
 
 	// A few example ids, for digging into logs.
 	ExecutedTwiceIDs     []string `json:"executed_twice_ids,omitempty"`
@@ -132,8 +139,9 @@ func (n *Nines) UnmarshalJSON(b []byte) error {
 const maxExampleIDs = 10
 
 // Analyze computes a Report from load results and the record files the
-// backends appended executed orders to (lines "<request-id> <pid>"). The
-// record files should be fresh for the run: every line counts.
+// backends appended executed orders to (lines "<request-id> <pid>"), or
+// key stores they committed keyed orders to (see readRecords). The record
+// files should be fresh for the run: every line counts.
 func Analyze(res *Results, recordFiles ...string) (Report, error) {
 	rep := Report{
 		Wall:             Duration(res.End.Sub(res.Start)),
@@ -149,6 +157,12 @@ func Analyze(res *Results, recordFiles ...string) (Report, error) {
 			rep.Posts++
 			posts[r.ID] = r
 		}
+		if r.Slow && r.Err != ErrCanceled {
+			rep.SlowGets++
+			if !r.OK() {
+				rep.SlowGetsFailed++
+			}
+		}
 		switch {
 		case r.Err == ErrCanceled:
 			rep.Canceled++
@@ -156,6 +170,7 @@ func Analyze(res *Results, recordFiles ...string) (Report, error) {
 		case r.OK():
 			rep.Succeeded++
 			okEnds = append(okEnds, r.End())
+			rep.LatencyMaxOK = max(rep.LatencyMaxOK, Duration(r.Latency))
 			if r.Method == http.MethodPost {
 				rep.PostsSucceeded++
 			}
@@ -231,15 +246,35 @@ func Analyze(res *Results, recordFiles ...string) (Report, error) {
 	return rep, nil
 }
 
-// readRecords counts the record lines of one file by request id.
+// readRecords counts the record lines of one file by request id. A
+// directory is a backend's Idempotency-Key store (examples/backend
+// -keys-dir): each of its committed results (*.done) is one execution, and
+// its first line the record line.
 func readRecords(name string, executed map[string]int, rep *Report) error {
+	if fi, err := os.Stat(name); err == nil && fi.IsDir() {
+		done, err := filepath.Glob(filepath.Join(name, "*.done"))
+		if err != nil {
+			return fmt.Errorf("chaos: reading records: %w", err)
+		}
+		for _, f := range done {
+			if err := readLines(f, 1, executed, rep); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return readLines(name, -1, executed, rep)
+}
+
+// readLines counts the first max record lines of a file (-1: all).
+func readLines(name string, max int, executed map[string]int, rep *Report) error {
 	f, err := os.Open(name)
 	if err != nil {
 		return fmt.Errorf("chaos: reading records: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	for n := 0; n != max && sc.Scan(); n++ {
 		rep.RecordLines++
 		fields := strings.Fields(sc.Text())
 		if len(fields) != 2 {
@@ -278,8 +313,11 @@ func (r Report) String() string {
 	if r.Canceled > 0 {
 		row("canceled (run cut)", "%d", r.Canceled)
 	}
-	row("latency", "p50 %v  p99 %v  p99.9 %v  max %v", r.LatencyP50, r.LatencyP99, r.LatencyP999, r.LatencyMax)
+	row("latency", "p50 %v  p99 %v  p99.9 %v  max %v (%v succeeded)", r.LatencyP50, r.LatencyP99, r.LatencyP999, r.LatencyMax, r.LatencyMaxOK)
 	row("longest gap", "%v without a successful answer (from +%v)", r.LongestGap, r.LongestGapAt)
+	if r.SlowGets > 0 {
+		row("slow GETs", "%d sent, %d failed", r.SlowGets, r.SlowGetsFailed)
+	}
 	row("orders (POST)", "%d sent, %d acknowledged, %d record lines", r.Posts, r.PostsSucceeded, r.RecordLines)
 	row("  executed twice", "%d%s", r.ExecutedTwice, ids(r.ExecutedTwiceIDs))
 	row("  failed but executed", "%d%s", r.FailedButExecuted, ids(r.FailedButExecutedIDs))

@@ -21,6 +21,10 @@ type RigConfig struct {
 	Dir        string   // work directory: the order records, Caddy's files (required)
 	Backends   int      // number of backends; default 3
 	Args       []string // extra flags for every backend
+	// Keys gives every backend the Idempotency-Key store KeysDir
+	// (-keys-dir): a keyed order is executed at most once, and its record
+	// is committed there instead of to Records.
+	Keys bool
 	// Stdout, if set, receives the backends' output.
 	Stdout io.Writer
 	// Globals is added to the Caddyfile's global options, e.g.
@@ -85,7 +89,7 @@ func NewRig(ctx context.Context, cfg RigConfig) (*Rig, error) {
 	for i, p := range ports[2:] {
 		b, err := StartBackend(ctx, BackendConfig{
 			Bin: cfg.BackendBin, Addr: fmt.Sprintf("127.0.0.1:%d", p), ID: fmt.Sprintf("b%d", i+1),
-			Records: r.Records(), Args: cfg.Args, Stdout: cfg.Stdout,
+			Records: r.Records(), Args: r.backendArgs(), Stdout: cfg.Stdout,
 		})
 		if err != nil {
 			r.Close()
@@ -119,6 +123,27 @@ func (r *Rig) Upstreams() string { return strings.Join(r.addrs, " ") }
 // Records is the order record file all backends append to.
 func (r *Rig) Records() string { return filepath.Join(r.cfg.Dir, "orders.log") }
 
+// KeysDir is the Idempotency-Key store the backends share (see
+// RigConfig.Keys).
+func (r *Rig) KeysDir() string { return filepath.Join(r.cfg.Dir, "keys") }
+
+// RecordFiles is where the backends record executed orders, for Analyze:
+// Records, and KeysDir with RigConfig.Keys.
+func (r *Rig) RecordFiles() []string {
+	if r.cfg.Keys {
+		return []string{r.Records(), r.KeysDir()}
+	}
+	return []string{r.Records()}
+}
+
+// backendArgs are the flags of every backend the rig starts.
+func (r *Rig) backendArgs() []string {
+	if r.cfg.Keys {
+		return append([]string{"-keys-dir", r.KeysDir()}, r.cfg.Args...)
+	}
+	return r.cfg.Args
+}
+
 // Dir is the work directory.
 func (r *Rig) Dir() string { return r.cfg.Dir }
 
@@ -135,8 +160,9 @@ func (r *Rig) URL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%
 // Caddyfile returns the whole Caddyfile for a site block. The block is a Go
 // template: {{upstreams}} and {{.Upstreams}} are the upstream list
 // ("127.0.0.1:P1 127.0.0.1:P2 …"), {{.Addrs}} the addresses as a list,
-// {{.Records}} the order record file and {{.BackendBin}} RigConfig.BackendBin
-// (for a spawn block).
+// {{.Records}} the order record file, {{.BackendBin}} RigConfig.BackendBin
+// (for a spawn block), {{.Keys}} RigConfig.Keys and {{.KeysDir}} the
+// Idempotency-Key store.
 func (r *Rig) Caddyfile(block string) (string, error) {
 	expanded, err := r.ExpandBlock(block)
 	if err != nil {
@@ -155,6 +181,7 @@ func (r *Rig) ExpandBlock(block string) (string, error) {
 	var b strings.Builder
 	if err := tmpl.Execute(&b, map[string]any{
 		"Upstreams": r.Upstreams(), "Addrs": r.addrs, "Records": r.Records(), "BackendBin": r.cfg.BackendBin,
+		"Keys": r.cfg.Keys, "KeysDir": r.KeysDir(),
 	}); err != nil {
 		return "", fmt.Errorf("chaos: site block: %w", err)
 	}

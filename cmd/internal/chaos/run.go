@@ -121,8 +121,11 @@ func BuildTimeline(res *Results, nBackends int, bucket time.Duration, faults []F
 		}
 		tl.Faults = append(tl.Faults, FaultMark{At: sec(ev.Time), Kind: ev.Kind, Action: ev.Action, Backend: ev.Backend})
 		state := ProcDown
-		if ev.Action == "SIGSTOP" {
+		switch ev.Action {
+		case "SIGSTOP":
 			state = ProcHung
+		case "SIGCONT after pause":
+			state = ProcUp
 		}
 		if ev.Backend < 0 {
 			for b := range nBackends {

@@ -23,6 +23,7 @@ const (
 	StateEjected    = "ejected"
 	StateRestarting = "restarting"
 	StateProbation  = "probation"
+	StateSuspected  = "suspected"
 )
 
 // InService reports whether a backend in this state gets requests.
