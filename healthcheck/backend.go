@@ -41,8 +41,13 @@ type Backend struct {
 	// guarded is why the panic guard keeps b in service (ReasonNone: it
 	// does not).
 	guarded Reason
-	// lastGood is when b last answered as expected.
+	// lastGood is when b last answered as expected (but see passedAt).
 	lastGood time.Time
+	// steady (written under pool.mu, by apply): b is in service with no
+	// bad evidence to forget, so a pass changes nothing but passedAt
+	// (UnixNano), which observe then sets without the lock
+	steady   atomic.Bool
+	passedAt atomic.Int64
 
 	// restarts, guarded by pool.mu (see restart.go)
 	lease       uint64    // counts restart requests; identifies the current one
@@ -56,8 +61,10 @@ type Backend struct {
 	// for the selector to ramp b's share without locking.
 	probation atomic.Int64
 
-	// kick wakes the prober for a beat at once.
-	kick chan struct{}
+	// prober probes b while the pool runs (see scheduler.start); kicked
+	// holds a Probe made before it started.
+	prober atomic.Pointer[prober]
+	kicked atomic.Bool
 
 	// active counts requests in flight (see Acquire), plus idleWaited while
 	// WaitIdle waits: then ReleaseActive's one atomic add returns exactly
@@ -119,10 +126,11 @@ func (b *Backend) Answered() { b.answered.Store(time.Now().UnixNano()) }
 
 // Probe asks for a heartbeat now instead of at the next interval.
 func (b *Backend) Probe() {
-	select {
-	case b.kick <- struct{}{}:
-	default:
+	if pr := b.prober.Load(); pr != nil {
+		pr.s.kick(pr)
+		return
 	}
+	b.kicked.Store(true)
 }
 
 // idleWaited marks active while WaitIdle waits; counts stay below it.

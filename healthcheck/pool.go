@@ -30,6 +30,8 @@ type Pool struct {
 	pending []Transition
 	// onBeat is set by OnBeat (probe.go), before Start
 	onBeat func(*Backend, Evidence, time.Duration)
+	// sched sends the heartbeats, from Start on
+	sched *scheduler
 	// delivering: one deliverer at a time keeps transitions in order
 	delivering sync.Mutex
 	// the restart policy and what it learnt (restart.go)
@@ -69,7 +71,7 @@ func NewPool(addrs []string, cfg Config, log *zap.Logger) *Pool {
 	for i, a := range addrs {
 		p.backends = append(p.backends, &Backend{
 			Addr: a, Index: i, pool: p, since: now, lastGood: now,
-			kick: make(chan struct{}, 1), loop: CrashLoop{CrashLoopPolicy: restartLoop},
+			loop: CrashLoop{CrashLoopPolicy: restartLoop},
 		})
 	}
 	return p
@@ -86,7 +88,8 @@ func (p *Pool) Config() Config { return p.cfg }
 // Backends returns the pool's backends, in the order given to NewPool.
 func (p *Pool) Backends() []*Backend { return p.backends }
 
-// Start launches one prober per backend; each beats at once.
+// Start launches the scheduler and one prober per backend; each beats at
+// once (in a large pool, within an interval: see firstBeat).
 func (p *Pool) Start() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -99,18 +102,19 @@ func (p *Pool) Start() {
 		defer p.wg.Done()
 		p.superviseRestarts()
 	}()
+	p.sched = newScheduler(p)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.sched.run()
+	}()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		p.watch()
 	}()
 	for _, b := range p.backends {
-		pr := newProber(p, b)
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			pr.run()
-		}()
+		p.sched.start(b, len(p.backends))
 	}
 }
 

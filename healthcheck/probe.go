@@ -1,7 +1,7 @@
 package healthcheck
 
 import (
-	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -10,46 +10,65 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"sync"
 	"syscall"
 	"time"
 )
 
-// Heartbeat answers are read within bounds, so that a hostile or broken
-// backend cannot make the prober read (or hold) without end: http.ReadResponse
-// alone holds a status line or headers of any length in memory.
-const (
-	// maxProbeHead bounds the status line and headers of an answer (nginx's
-	// proxy_buffer_size, the most common page size): past it the beat is a
-	// miss and the connection dropped.
-	maxProbeHead = 8 << 10
-	// maxProbeBody bounds the body read (trailers included); a longer one
-	// is judged by its status (a big page at the default path "/" is alive)
-	// and its connection dropped.
-	maxProbeBody = 64 << 10
-)
-
-var errHeadTooLong = fmt.Errorf("status line and headers over %d bytes", maxProbeHead)
-
 // prober sends one backend its heartbeats, one at a time, over one held
-// keep-alive connection. Between beats a reader blocks on that connection,
-// so a crash (the kernel closes the socket) is seen at once, not at the
-// next beat: that is the crash watch.
+// keep-alive connection. Its goroutine blocks on that connection between
+// beats, so a crash (the kernel closes the socket) is seen at once, not at
+// the next beat: that is the crash watch. The same goroutine reads and
+// judges the answers; the pool's scheduler (sched.go) says when a beat is
+// due, and writes it on the held connection itself.
 type prober struct {
-	p   *Pool
-	b   *Backend
-	cfg Config
-	req []byte // the heartbeat request, built once
-	// reqHead is what the answer reader knows of the request (its method:
-	// an answer to HEAD has no body)
-	reqHead *http.Request
+	p       *Pool
+	b       *Backend
+	s       *scheduler
+	cfg     Config
+	req     []byte // the heartbeat request, built once
+	head    bool   // the request is HEAD: answers have no body
 	network string // where heartbeats go (see probeTarget)
 	addr    string
 	dial    net.Dialer
-	timer   *time.Timer
-	w       *watch
+	// ctx ends when the prober is stopped or the pool closes
+	ctx    context.Context
+	cancel context.CancelFunc
+	// due: a beat is due and no connection is held; the goroutine connects
+	due chan struct{}
+	// onBeat is the pool's OnBeat hook, taken at Start; nil: none
+	onBeat func(*Backend, Evidence, time.Duration)
+
+	// the goroutine's own
+	ans answerReader
 	// watchBeat is when a closed watch connection last caused a beat.
 	watchBeat time.Time
-	// forced: the last wake-up asked for a beat (kick, closed watch)
+
+	// the scheduler's own: writeRaw, made once, writes req on a raw
+	// connection and leaves its error in werr
+	writeRaw func(fd uintptr) bool
+	werr     error
+
+	mu   sync.Mutex
+	conn net.Conn
+	raw  syscall.RawConn // conn's, nil for TLS
+	// connSeq is the beat conn was made for
+	connSeq uint64
+	// gen counts schedulings: a due entry of an older one is stale
+	gen uint64
+	// seq counts beats; inFlight: beat seq, started at start, is not
+	// judged yet; timedOut: its deadline passed; writeErr: writing it on
+	// the held connection failed
+	seq      uint64
+	inFlight bool
+	start    time.Time
+	timedOut bool
+	writeErr error
+	stopped  bool
+	// kicked: a beat was asked for during one in flight
+	kicked bool
+	// forced: the beat due was asked for (kick, closed watch, miss)
 	forced bool
 	// skipped counts beats in a row saved by live traffic
 	skipped int
@@ -60,8 +79,6 @@ type prober struct {
 	// rnd is the prober's own source of jitter (the global one locks;
 	// tests seed this one)
 	rnd *rand.Rand
-	// onBeat is the pool's OnBeat hook, taken at Start; nil: none
-	onBeat func(*Backend, Evidence, time.Duration)
 }
 
 // OnBeat makes f receive every heartbeat a prober sends: the backend, the
@@ -89,51 +106,344 @@ func newProber(p *Pool, b *Backend) *prober {
 			cfg.TLS.ServerName = h
 		}
 	}
-	t := time.NewTimer(time.Hour)
-	t.Stop()
 	rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-	return &prober{p: p, b: b, cfg: cfg, req: req, reqHead: &http.Request{Method: cfg.Method},
-		network: network, addr: addr, timer: t, rnd: rnd, onBeat: p.onBeat}
+	pr := &prober{p: p, b: b, cfg: cfg, req: req, head: cfg.Method == http.MethodHead,
+		network: network, addr: addr, rnd: rnd, onBeat: p.onBeat, due: make(chan struct{}, 1)}
+	pr.ctx, pr.cancel = context.WithCancel(p.ctx)
+	pr.writeRaw = pr.writeOn
+	return pr
 }
 
+// firstBeat is when the first beat is due: at once in a small pool; a
+// large one spreads them (100µs a backend, at most an interval) so that
+// thousands of connects do not land together and time out each other.
+func (pr *prober) firstBeat(backends int) time.Duration {
+	if spread := min(time.Duration(backends)*100*time.Microsecond, pr.cfg.Interval); spread > time.Millisecond {
+		return time.Duration(pr.rnd.Int64N(int64(spread)))
+	}
+	return 0
+}
+
+// run reads and judges answers, connecting when a beat is due without a
+// connection, until the prober is stopped.
 func (pr *prober) run() {
-	defer pr.drop()
-	// First beats go out at once in a small pool; a large one spreads them
-	// (100µs a backend, at most an interval) so that thousands of connects
-	// do not land together and time out each other.
-	if spread := min(time.Duration(len(pr.p.backends))*100*time.Microsecond, pr.cfg.Interval); spread > time.Millisecond {
-		if !pr.sleep(time.Duration(pr.rnd.Int64N(int64(spread)))) {
-			return
-		}
-	}
+	defer pr.drop(nil)
 	for {
-		if pr.misses == 0 && !pr.forced {
-			if d := pr.coveredByTraffic(); d > 0 {
-				if !pr.sleep(d) {
-					return
-				}
-				continue
+		pr.mu.Lock()
+		conn, stopped := pr.conn, pr.stopped
+		pr.mu.Unlock()
+		if stopped {
+			return
+		}
+		if conn == nil {
+			select {
+			case <-pr.ctx.Done():
+				return
+			case <-pr.due:
 			}
+			pr.connect()
+			continue
 		}
-		pr.skipped = 0
-		start := time.Now()
-		e, cause := pr.beat()
-		took := time.Since(start)
-		if pr.p.ctx.Err() != nil {
-			return
-		}
-		if e != Miss && e != Gone {
-			pr.b.lastBeat.Store(int64(took)) // answered
-			pr.b.heard.Store(time.Now().UnixNano())
-		}
-		pr.p.observe(pr.b, e, cause)
-		if pr.onBeat != nil {
-			pr.onBeat(pr.b, e, took)
-		}
-		if !pr.sleep(pr.after(e)) {
-			return
+		pr.handle(pr.ans.next()) // blocks between beats: the crash watch
+	}
+}
+
+// fire starts the beat due as gen, on the scheduler's goroutine: it writes
+// it on the held connection, or hands it to the prober's goroutine to
+// connect. ok: a beat was started, seq at start; else it was stale, or
+// saved by live traffic (and moved).
+func (pr *prober) fire(gen uint64) (seq uint64, start time.Time, ok bool) {
+	pr.mu.Lock()
+	if gen != pr.gen || pr.inFlight || pr.stopped {
+		pr.mu.Unlock()
+		return 0, start, false
+	}
+	if pr.misses == 0 && !pr.forced {
+		if d := pr.coveredByTraffic(); d > 0 {
+			pr.mu.Unlock()
+			pr.s.schedule(pr, d, false)
+			return 0, start, false
 		}
 	}
+	pr.skipped = 0
+	pr.seq++
+	pr.inFlight = true
+	pr.start = time.Now()
+	seq, start = pr.seq, pr.start
+	conn, raw := pr.conn, pr.raw
+	pr.mu.Unlock()
+	pr.b.beats.Add(1)
+	if conn == nil {
+		select {
+		case pr.due <- struct{}{}:
+		default:
+		}
+	} else {
+		pr.send(conn, raw, start)
+	}
+	return seq, start, true
+}
+
+// send writes the heartbeat on the held connection. A plain one is
+// written at once or not at all (its buffer full: a backend that does not
+// read); a TLS one from a goroutine of its own, as a record write may wait.
+func (pr *prober) send(conn net.Conn, raw syscall.RawConn, start time.Time) {
+	if raw == nil {
+		go func() {
+			_ = conn.SetWriteDeadline(start.Add(pr.cfg.Timeout))
+			if _, err := conn.Write(pr.req); err != nil {
+				pr.writeFailed(conn, err)
+			}
+		}()
+		return
+	}
+	pr.werr = nil
+	err := raw.Write(pr.writeRaw)
+	if err = cmp.Or(err, pr.werr); err != nil {
+		pr.writeFailed(conn, err)
+	}
+}
+
+// writeOn is writeRaw: one non-blocking write of the request.
+func (pr *prober) writeOn(fd uintptr) bool {
+	for {
+		n, err := syscall.Write(int(fd), pr.req)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == nil && n < len(pr.req) {
+			err = io.ErrShortWrite
+		}
+		pr.werr = err
+		return true
+	}
+}
+
+// writeFailed records that writing the beat in flight on conn failed, and
+// wakes the goroutine reading conn to act on it.
+func (pr *prober) writeFailed(conn net.Conn, err error) {
+	pr.mu.Lock()
+	if pr.conn == conn && pr.inFlight {
+		pr.writeErr = err
+	}
+	pr.mu.Unlock()
+	_ = conn.SetReadDeadline(aLongTimeAgo)
+}
+
+// aLongTimeAgo, as a read deadline, wakes a goroutine blocked reading.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// expire times out beat seq if it is still in flight.
+func (pr *prober) expire(seq uint64) {
+	pr.mu.Lock()
+	if !pr.inFlight || pr.seq != seq {
+		pr.mu.Unlock()
+		return
+	}
+	pr.timedOut = true
+	conn := pr.conn
+	pr.mu.Unlock()
+	if conn != nil {
+		_ = conn.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// stop ends the prober: its goroutine returns and closes its connection.
+func (pr *prober) stop() {
+	pr.mu.Lock()
+	pr.stopped = true
+	conn := pr.conn
+	pr.mu.Unlock()
+	pr.cancel()
+	if conn != nil {
+		_ = conn.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// connect makes a new connection for the beat in flight, and writes the
+// beat on it; a failure is the beat's verdict.
+func (pr *prober) connect() {
+	pr.mu.Lock()
+	seq, start := pr.seq, pr.start
+	pr.mu.Unlock()
+	deadline := start.Add(pr.cfg.Timeout)
+	conn, err := pr.dialConn(deadline)
+	if err != nil {
+		pr.finish(connEvidence(err), err)
+		return
+	}
+	pr.b.conns.Add(1)
+	var raw syscall.RawConn
+	if sc, ok := conn.(syscall.Conn); ok && pr.cfg.TLS == nil {
+		raw, _ = sc.SyscallConn()
+	}
+	pr.mu.Lock()
+	stopped, timedOut := pr.stopped, pr.timedOut
+	if !stopped {
+		pr.conn, pr.raw, pr.connSeq = conn, raw, seq
+	}
+	pr.mu.Unlock()
+	if stopped {
+		conn.Close()
+		return
+	}
+	pr.ans.reset(conn, pr.head)
+	if timedOut {
+		_ = conn.SetReadDeadline(aLongTimeAgo) // judged by handle
+		return
+	}
+	_ = conn.SetWriteDeadline(deadline)
+	if _, err := conn.Write(pr.req); err != nil {
+		pr.drop(conn)
+		pr.finish(connEvidence(err), err)
+		return
+	}
+	_ = conn.SetWriteDeadline(time.Time{})
+}
+
+func (pr *prober) dialConn(deadline time.Time) (net.Conn, error) {
+	ctx, cancel := context.WithDeadline(pr.ctx, deadline)
+	defer cancel()
+	conn, err := pr.dial.DialContext(ctx, pr.network, pr.addr)
+	if err != nil {
+		return nil, err
+	}
+	if pr.cfg.TLS != nil {
+		tc := tls.Client(conn, pr.cfg.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		conn = tc
+	}
+	return conn, nil
+}
+
+// drop closes the held connection, if it is conn (nil: whichever).
+func (pr *prober) drop(conn net.Conn) {
+	pr.mu.Lock()
+	held := pr.conn
+	if conn == nil || conn == held {
+		pr.conn, pr.raw = nil, nil
+	} else {
+		held = nil
+	}
+	pr.mu.Unlock()
+	if held != nil {
+		held.Close()
+	}
+}
+
+// handle judges what was read off the held connection: the answer to the
+// beat in flight, or, with none in flight, the end of the connection (or
+// words unasked for): the crash watch.
+func (pr *prober) handle(r readResult) {
+	pr.mu.Lock()
+	inFlight, timedOut, writeErr, stopped := pr.inFlight, pr.timedOut, pr.writeErr, pr.stopped
+	fresh := pr.connSeq == pr.seq
+	pr.writeErr = nil
+	pr.mu.Unlock()
+	if stopped {
+		return
+	}
+	if !inFlight || r.err != nil || r.close || timedOut || writeErr != nil {
+		pr.drop(nil)
+	}
+	if !inFlight {
+		// the backend closed the idle connection (or said something
+		// unasked): beat at once on a new connection to learn why; but a
+		// backend whose idle timeout is shorter than the interval would
+		// then be beaten at its idle timeout: at most one such beat an
+		// interval, the rest wait for their time
+		if time.Since(pr.watchBeat) >= pr.cfg.Interval {
+			pr.watchBeat = time.Now()
+			pr.s.schedule(pr, 0, true)
+		}
+		return
+	}
+	switch {
+	case timedOut && r.err != nil:
+		pr.finish(Miss, fmt.Errorf("heartbeat timed out after %v", pr.cfg.Timeout))
+	case writeErr != nil || r.err != nil && !r.bad:
+		err := cmp.Or(writeErr, r.err)
+		if !fresh {
+			// the held connection died under us; that alone proves
+			// nothing (the backend may close idle connections): ask on a
+			// new one
+			pr.connect()
+			return
+		}
+		pr.finish(connEvidence(err), err)
+	default:
+		pr.finish(pr.verdict(r))
+	}
+}
+
+// verdict judges an answer, or the error that came instead.
+func (pr *prober) verdict(r readResult) (Evidence, error) {
+	switch {
+	case r.err != nil && r.bad:
+		return Miss, fmt.Errorf("bad heartbeat answer: %w", r.err)
+	case r.err != nil:
+		return connEvidence(r.err), r.err
+	case r.drain:
+		return DrainAnnounced, fmt.Errorf("heartbeat %s answered %d with %s", pr.cfg.Path, r.status, DrainHeader)
+	case !pr.cfg.statusOK(r.status):
+		return WrongStatus, fmt.Errorf("heartbeat %s answered %d", pr.cfg.Path, r.status)
+	}
+	return Pass, nil
+}
+
+// beat sends one heartbeat on a connection of its own, closed after it,
+// and judges it within cfg.Timeout, on the caller's goroutine, outside
+// the scheduler: the urgent beat of suspect.go.
+func (pr *prober) beat() (Evidence, error) {
+	pr.b.beats.Add(1)
+	deadline := time.Now().Add(pr.cfg.Timeout)
+	conn, err := pr.dialConn(deadline)
+	if err != nil {
+		return connEvidence(err), err
+	}
+	defer conn.Close()
+	pr.b.conns.Add(1)
+	_ = conn.SetDeadline(deadline)
+	if _, err := conn.Write(pr.req); err != nil {
+		return connEvidence(err), err
+	}
+	var a answerReader
+	a.reset(conn, pr.head)
+	r := a.next()
+	if errors.Is(r.err, os.ErrDeadlineExceeded) {
+		return Miss, fmt.Errorf("heartbeat timed out after %v", pr.cfg.Timeout)
+	}
+	return pr.verdict(r)
+}
+
+// finish applies the verdict of the beat in flight and schedules the next.
+func (pr *prober) finish(e Evidence, cause error) {
+	pr.mu.Lock()
+	took, stopped := time.Since(pr.start), pr.stopped
+	pr.mu.Unlock()
+	if stopped || pr.ctx.Err() != nil {
+		return
+	}
+	if e != Miss && e != Gone {
+		pr.b.lastBeat.Store(int64(took)) // answered
+		pr.b.heard.Store(time.Now().UnixNano())
+	}
+	pr.p.observe(pr.b, e, cause)
+	if pr.onBeat != nil {
+		pr.onBeat(pr.b, e, took)
+	}
+	pr.mu.Lock()
+	d := pr.after(e)
+	pr.inFlight, pr.timedOut, pr.writeErr = false, false, nil
+	forced := d <= 0 || pr.kicked
+	if pr.kicked {
+		d, pr.kicked = 0, false
+	}
+	pr.mu.Unlock()
+	pr.s.schedule(pr, d, forced)
 }
 
 // after returns how long to wait for the next beat after one judged e.
@@ -191,145 +501,6 @@ func (pr *prober) jitter(d time.Duration) time.Duration {
 	return d + time.Duration((pr.rnd.Float64()*0.2-0.1)*float64(d))
 }
 
-// onGrid moves the end of a wait of d to the nearest point of a grid that
-// all probers share (a tenth of the interval, at most 25ms: no coarser than
-// the jitter), so that beats due close together share one wake-up of the
-// process: per beat, a wake-up (a context switch, dear on a VM) costs more
-// than the beat itself.
-func (pr *prober) onGrid(d time.Duration) time.Duration {
-	g := min(pr.cfg.Interval/10, 25*time.Millisecond)
-	if g <= 0 {
-		return d
-	}
-	now := time.Now()
-	return max(now.Add(d).Round(g).Sub(now), 0)
-}
-
-// sleep waits d, or less when the connection closes (crash watch) or a beat
-// is asked for. It returns false when the pool stops.
-func (pr *prober) sleep(d time.Duration) bool {
-	pr.forced = d <= 0
-	if d <= 0 {
-		return pr.p.ctx.Err() == nil
-	}
-	pr.timer.Reset(pr.onGrid(d))
-	defer pr.timer.Stop()
-	for {
-		var closed <-chan readResult
-		if pr.w != nil {
-			closed = pr.w.results
-		}
-		select {
-		case <-pr.p.ctx.Done():
-			return false
-		case <-pr.b.kick:
-			pr.forced = true
-			return true
-		case <-pr.timer.C:
-			return true
-		case <-closed:
-			// the backend closed the idle connection (or said something
-			// unasked): beat at once on a new connection to learn why;
-			// but a backend whose idle timeout is shorter than the
-			// interval would then be beaten at its idle timeout: at most
-			// one such beat an interval, the rest wait for the timer
-			pr.drop()
-			if time.Since(pr.watchBeat) >= pr.cfg.Interval {
-				pr.watchBeat = time.Now()
-				pr.forced = true
-				return true
-			}
-		}
-	}
-}
-
-// beat sends one heartbeat and judges it.
-func (pr *prober) beat() (Evidence, error) {
-	pr.b.beats.Add(1)
-	deadline := time.Now().Add(pr.cfg.Timeout)
-	fresh := pr.w == nil
-	if fresh {
-		if err := pr.connect(deadline); err != nil {
-			return connEvidence(err), err
-		}
-	}
-	e, err, stale := pr.exchange(deadline)
-	if stale && !fresh {
-		// the held connection died under us; that alone proves nothing
-		// (the backend may close idle connections): ask on a new one
-		if err := pr.connect(deadline); err != nil {
-			return connEvidence(err), err
-		}
-		e, err, _ = pr.exchange(deadline)
-	}
-	return e, err
-}
-
-// exchange writes the heartbeat on the held connection and waits for its
-// answer. stale reports that the connection failed before any answer.
-func (pr *prober) exchange(deadline time.Time) (e Evidence, err error, stale bool) {
-	w := pr.w
-	_ = w.conn.SetWriteDeadline(deadline)
-	if _, err := w.conn.Write(pr.req); err != nil {
-		pr.drop()
-		return connEvidence(err), err, true
-	}
-	pr.timer.Reset(time.Until(deadline))
-	defer pr.timer.Stop()
-	select {
-	case <-pr.p.ctx.Done():
-		return Miss, pr.p.ctx.Err(), false
-	case <-pr.timer.C:
-		pr.drop()
-		return Miss, fmt.Errorf("heartbeat timed out after %v", pr.cfg.Timeout), false
-	case r := <-w.results:
-		if r.err != nil {
-			pr.drop()
-			if r.bad {
-				return Miss, fmt.Errorf("bad heartbeat answer: %w", r.err), false
-			}
-			return connEvidence(r.err), r.err, true
-		}
-		if r.close {
-			pr.drop()
-		}
-		if r.drain {
-			return DrainAnnounced, fmt.Errorf("heartbeat %s answered %d with %s", pr.cfg.Path, r.status, DrainHeader), false
-		}
-		if !pr.cfg.statusOK(r.status) {
-			return WrongStatus, fmt.Errorf("heartbeat %s answered %d", pr.cfg.Path, r.status), false
-		}
-		return Pass, nil, false
-	}
-}
-
-func (pr *prober) connect(deadline time.Time) error {
-	ctx, cancel := context.WithDeadline(pr.p.ctx, deadline)
-	defer cancel()
-	conn, err := pr.dial.DialContext(ctx, pr.network, pr.addr)
-	if err != nil {
-		return err
-	}
-	if pr.cfg.TLS != nil {
-		tc := tls.Client(conn, pr.cfg.TLS)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			conn.Close()
-			return err
-		}
-		conn = tc
-	}
-	pr.b.conns.Add(1)
-	pr.w = startWatch(conn, pr.reqHead)
-	return nil
-}
-
-func (pr *prober) drop() {
-	if pr.w != nil {
-		pr.w.close()
-		pr.w = nil
-	}
-}
-
 // connEvidence judges a connection failure: refused or reset proves the
 // process is not there, and so does a unix socket's file gone (ENOENT);
 // anything else (a timeout, an unreachable host) may be a hang or the
@@ -339,87 +510,4 @@ func connEvidence(err error) Evidence {
 		return Gone
 	}
 	return Miss
-}
-
-// watch is a held heartbeat connection with a reader that is always
-// blocked on it, delivering answers, or the error that ended it.
-type watch struct {
-	conn    net.Conn
-	results chan readResult
-	done    chan struct{}
-}
-
-type readResult struct {
-	status int
-	close  bool
-	drain  bool // the answer carried DrainHeader
-	err    error
-	// bad: err came after part of an answer (malformed, too long), not
-	// from a connection that failed before any
-	bad bool
-}
-
-func startWatch(conn net.Conn, req *http.Request) *watch {
-	w := &watch{conn: conn, results: make(chan readResult, 1), done: make(chan struct{})}
-	go w.read(req)
-	return w
-}
-
-// read reads answers to req (shared, read-only: its method tells whether
-// an answer has a body) until the connection ends.
-func (w *watch) read(req *http.Request) {
-	lim := &capReader{r: w.conn}
-	br := bufio.NewReaderSize(lim, 4096)
-	for {
-		carried := br.Buffered() > 0
-		lim.n, lim.err = maxProbeHead, errHeadTooLong
-		res, err := http.ReadResponse(br, req)
-		if err != nil {
-			w.send(readResult{err: err, bad: carried || lim.n < maxProbeHead})
-			return
-		}
-		if res.StatusCode < 200 && res.StatusCode != http.StatusSwitchingProtocols {
-			continue // informational (103 Early Hints, 100): the answer follows
-		}
-		// raw bytes: chunk framing and trailers count too
-		lim.n, lim.err = maxProbeBody+maxProbeHead, io.ErrUnexpectedEOF
-		n, err := io.Copy(io.Discard, io.LimitReader(res.Body, maxProbeBody+1))
-		res.Body.Close()
-		closing := res.Close || err != nil || n > maxProbeBody
-		_, drain := res.Header[DrainHeader] // keys are canonical: a map look-up, no allocation
-		if !w.send(readResult{status: res.StatusCode, close: closing, drain: drain}) || closing {
-			return
-		}
-	}
-}
-
-// capReader reads at most n more bytes from r, then fails with err.
-type capReader struct {
-	r   io.Reader
-	n   int64
-	err error
-}
-
-func (c *capReader) Read(p []byte) (int, error) {
-	if c.n <= 0 {
-		return 0, c.err
-	}
-	p = p[:min(int64(len(p)), c.n)]
-	n, err := c.r.Read(p)
-	c.n -= int64(n)
-	return n, err
-}
-
-func (w *watch) send(r readResult) bool {
-	select {
-	case w.results <- r:
-		return true
-	case <-w.done:
-		return false
-	}
-}
-
-func (w *watch) close() {
-	close(w.done)
-	w.conn.Close()
 }

@@ -37,7 +37,8 @@ import (
 // starts), ejections (during the window: should be 0), MB-heap (in use
 // after settling), %core-user and %core-sys (the split of %core), csw/beat
 // (context switches of this process's threads per beat: on a VM, what
-// most of the cost follows).
+// most of the cost follows), allocs/beat (the process's heap allocations
+// over the window, per beat).
 
 var (
 	probeWindow  = flag.Duration("probe.window", 10*time.Second, "BenchmarkProbeCPU: measurement window")
@@ -377,15 +378,19 @@ wait:
 	}
 
 	var user, sys, wall time.Duration
-	var beat uint64
+	var beat, mallocs uint64
 	var csw int64 // context switches, voluntary and not
 	ej0 := ejections.Load()
 	b.ResetTimer()
 	for range b.N {
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
 		r0 := usage(b)
 		w0, b0 := time.Now(), beats()
 		time.Sleep(*probeWindow)
 		r1 := usage(b)
+		runtime.ReadMemStats(&m1)
+		mallocs += m1.Mallocs - m0.Mallocs
 		wall += time.Since(w0)
 		user += time.Duration(r1.Utime.Nano() - r0.Utime.Nano())
 		sys += time.Duration(r1.Stime.Nano() - r0.Stime.Nano())
@@ -407,6 +412,7 @@ wait:
 	if beat > 0 {
 		b.ReportMetric(float64(cpu.Microseconds())/float64(beat), "µs-cpu/beat")
 		b.ReportMetric(float64(csw)/float64(beat), "csw/beat")
+		b.ReportMetric(float64(mallocs)/float64(beat), "allocs/beat")
 	}
 	b.ReportMetric(float64(ejected), "ejections")
 	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "MB-heap")

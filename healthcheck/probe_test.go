@@ -390,7 +390,7 @@ func stacks(fns ...string) int {
 }
 
 var engineGoroutines = []string{
-	"healthcheck.(*prober)", "healthcheck.(*watch)", "healthcheck.(*Pool).Start",
+	"healthcheck.(*prober)", "healthcheck.(*scheduler)", "healthcheck.(*Pool).Start",
 }
 
 func TestCloseStopsGoroutines(t *testing.T) {
@@ -411,7 +411,8 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	chs := beats(p)
 	p.Start()
 	p.Start() // a second Start starts nothing
-	assert.Equal(t, len(addrs)+2, stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).Start"), "one prober per backend, the restart supervisor and the watchdog")
+	assert.Equal(t, 3, stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*Pool).Start"), "the scheduler, the restart supervisor and the watchdog")
+	assert.Equal(t, len(addrs), stacks("created by github.com/crashonly/caddy-failover/healthcheck.(*scheduler).start"), "one prober per backend")
 	rec.healthy(0)
 	for nextBeat(t, chs[1], "a refused beat").e != Gone {
 	}

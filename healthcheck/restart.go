@@ -183,11 +183,11 @@ func (p *Pool) restartRound(now time.Time) time.Duration {
 	return next
 }
 
-// lastAnswer is when b last answered as expected, a heartbeat or a live
-// request. Callers hold p.mu.
+// lastAnswer is when b last answered as expected, a heartbeat (under the
+// lock or, steady, without: see observe) or a live request. Callers hold p.mu.
 func (b *Backend) lastAnswer() time.Time {
-	if live := b.answered.Load(); live > b.lastGood.UnixNano() {
-		return time.Unix(0, live)
+	if last := max(b.answered.Load(), b.passedAt.Load()); last > b.lastGood.UnixNano() {
+		return time.Unix(0, last)
 	}
 	return b.lastGood
 }

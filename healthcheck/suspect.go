@@ -222,7 +222,6 @@ func (p *Pool) urgentBeat(b *Backend, waited, silent time.Duration) {
 	start := time.Now()
 	e, cause := pr.beat()
 	took := time.Since(start)
-	pr.drop()
 	if p.ctx.Err() != nil {
 		return
 	}

@@ -95,6 +95,12 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 	if e == Miss && b.stuck(p.cfg.Timeout) {
 		e = Timeout
 	}
+	if e == Pass && b.steady.Load() {
+		// the beat of nearly every backend nearly every time: a pass that
+		// changes nothing but when b last answered, told without the lock
+		b.passedAt.Store(time.Now().UnixNano())
+		return
+	}
 	p.mu.Lock()
 	if b.awaitConn != 0 && e == Pass && b.state == Draining && b.conns.Load() != b.awaitConn {
 		// the replacement process answers, on a connection made since
@@ -249,6 +255,7 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 	default:
 		panic(fmt.Sprintf("healthcheck: unknown input %d", in))
 	}
+	b.steady.Store(b.state.InService() && b.fails == 0 && b.misses == 0 && b.guarded == ReasonNone)
 	return rescue, guarded
 }
 

@@ -1,0 +1,266 @@
+package healthcheck
+
+import (
+	"sync"
+	"time"
+)
+
+// scheduler sends the heartbeats of all of a pool's backends from one
+// goroutine with one timer: per beat, a timer and a wake-up of a goroutine
+// cost more than the beat itself (thousands of backends, four beats a
+// second each). It holds when each backend's next beat is due (a heap)
+// and when the beats in flight time out (a queue: one timeout for all, so
+// deadlines come in the order beats go out). A beat due on a held
+// connection is written here (a few hundred bytes, never waited on); its
+// answer is read, and judged, by the backend's prober goroutine, which
+// blocks on that connection between beats (the crash watch). A beat due
+// without a connection is handed to the prober, which connects.
+type scheduler struct {
+	p *Pool
+	// grid: due times are rounded to it so that beats due close together
+	// go out in one wake-up (see onGrid)
+	grid time.Duration
+	// grain: deadlines are rounded up to it, so that the beats of one
+	// wake-up time out (or, far more often, are found answered) in one
+	// wake-up too; a beat gets at most grain more than its timeout
+	grain time.Duration
+
+	mu      sync.Mutex
+	dues    []due    // a min-heap on at
+	expires []expire // deadlines of beats in flight, in order, from head on
+	head    int
+	next    time.Time // when the loop wakes next
+	probers map[*Backend]*prober
+	wake    chan struct{}
+
+	// owned by the loop
+	batch    []due
+	timeouts []expire
+}
+
+// due is a backend's next beat; it is stale when its gen is not the
+// prober's (the beat was moved since).
+type due struct {
+	at  time.Time
+	pr  *prober
+	gen uint64
+}
+
+// expire is the deadline of a prober's beat seq.
+type expire struct {
+	at  time.Time
+	pr  *prober
+	seq uint64
+}
+
+func newScheduler(p *Pool) *scheduler {
+	grid := min(p.cfg.Interval/10, 25*time.Millisecond)
+	return &scheduler{p: p, grid: grid, grain: p.cfg.Timeout / 50,
+		probers: map[*Backend]*prober{}, wake: make(chan struct{}, 1)}
+}
+
+// start begins probing b, one of a pool of backends (see firstBeat).
+func (s *scheduler) start(b *Backend, backends int) {
+	pr := newProber(s.p, b)
+	pr.s = s
+	s.mu.Lock()
+	if s.probers[b] != nil || s.p.ctx.Err() != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.probers[b] = pr
+	s.mu.Unlock()
+	b.prober.Store(pr)
+	s.p.wg.Add(1)
+	go func() {
+		defer s.p.wg.Done()
+		pr.run()
+	}()
+	first, kicked := pr.firstBeat(backends), b.kicked.Swap(false)
+	if kicked {
+		first = 0
+	}
+	s.schedule(pr, first, kicked)
+}
+
+// stop ends probing b: its prober closes its connection and returns.
+func (s *scheduler) stop(b *Backend) {
+	s.mu.Lock()
+	pr := s.probers[b]
+	delete(s.probers, b)
+	s.mu.Unlock()
+	if pr != nil {
+		b.prober.CompareAndSwap(pr, nil)
+		pr.stop()
+	}
+}
+
+// schedule makes pr's next beat due after d (on the grid); forced: it is
+// asked for (a kick, a closed connection, a miss), so live traffic does
+// not save it.
+func (s *scheduler) schedule(pr *prober, d time.Duration, forced bool) {
+	pr.mu.Lock()
+	pr.gen++
+	gen := pr.gen
+	pr.forced = forced
+	pr.mu.Unlock()
+	at := time.Now()
+	if d > 0 {
+		at = roundTime(at.Add(d), s.grid)
+	}
+	s.mu.Lock()
+	s.push(due{at, pr, gen})
+	wake := at.Before(s.next)
+	if wake {
+		s.next = at
+	}
+	s.mu.Unlock()
+	if wake {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// kick asks for a beat of pr at once; one in flight is followed by
+// another as soon as it is judged.
+func (s *scheduler) kick(pr *prober) {
+	pr.mu.Lock()
+	busy := pr.inFlight
+	pr.kicked = busy
+	pr.mu.Unlock()
+	if !busy {
+		s.schedule(pr, 0, true)
+	}
+}
+
+// run is the scheduler's loop, until the pool closes.
+func (s *scheduler) run() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	defer s.stopAll()
+	for {
+		now := time.Now()
+		s.mu.Lock()
+		for len(s.dues) > 0 && !s.dues[0].at.After(now) {
+			s.batch = append(s.batch, s.pop())
+		}
+		for s.head < len(s.expires) && !s.expires[s.head].at.After(now) {
+			s.timeouts = append(s.timeouts, s.expires[s.head])
+			s.expires[s.head] = expire{}
+			s.head++
+		}
+		s.mu.Unlock()
+		for i, e := range s.timeouts {
+			e.pr.expire(e.seq)
+			s.timeouts[i] = expire{}
+		}
+		s.timeouts = s.timeouts[:0]
+		if len(s.batch) > 0 {
+			for i, d := range s.batch {
+				if seq, start, ok := d.pr.fire(d.gen); ok {
+					deadline := roundTime(start.Add(s.p.cfg.Timeout+s.grain/2), s.grain)
+					s.timeouts = append(s.timeouts, expire{deadline, d.pr, seq})
+				}
+				s.batch[i] = due{}
+			}
+			s.batch = s.batch[:0]
+			s.mu.Lock()
+			if s.head > 0 && len(s.expires)+len(s.timeouts) > cap(s.expires) {
+				// reuse the room before head rather than grow
+				n := copy(s.expires, s.expires[s.head:])
+				clear(s.expires[n:])
+				s.expires, s.head = s.expires[:n], 0
+			}
+			s.expires = append(s.expires, s.timeouts...)
+			s.mu.Unlock()
+			clear(s.timeouts)
+			s.timeouts = s.timeouts[:0]
+		}
+		s.mu.Lock()
+		s.next = now.Add(time.Hour)
+		if len(s.dues) > 0 {
+			s.next = s.dues[0].at
+		}
+		if s.head < len(s.expires) && s.expires[s.head].at.Before(s.next) {
+			s.next = s.expires[s.head].at
+		}
+		wait := time.Until(s.next)
+		s.mu.Unlock()
+		if wait <= 0 {
+			continue
+		}
+		timer.Reset(wait)
+		select {
+		case <-s.p.ctx.Done():
+			return
+		case <-timer.C:
+		case <-s.wake:
+			timer.Stop()
+		}
+	}
+}
+
+// stopAll stops every prober (the pool closes).
+func (s *scheduler) stopAll() {
+	s.mu.Lock()
+	backends := make([]*Backend, 0, len(s.probers))
+	for b := range s.probers {
+		backends = append(backends, b)
+	}
+	s.mu.Unlock()
+	for _, b := range backends {
+		s.stop(b)
+	}
+}
+
+// roundTime rounds t to a multiple of g (time.Round would drop the
+// monotonic clock reading, and a wall clock step would move every beat).
+func roundTime(t time.Time, g time.Duration) time.Time {
+	if g <= 0 {
+		return t
+	}
+	return t.Add(t.Round(g).Sub(t))
+}
+
+// push and pop keep s.dues a min-heap on at (container/heap would box
+// every entry). Callers hold s.mu.
+func (s *scheduler) push(d due) {
+	h := append(s.dues, d)
+	i := len(h) - 1
+	for i > 0 {
+		up := (i - 1) / 2
+		if !h[i].at.Before(h[up].at) {
+			break
+		}
+		h[i], h[up] = h[up], h[i]
+		i = up
+	}
+	s.dues = h
+}
+
+func (s *scheduler) pop() due {
+	h := s.dues
+	top := h[0]
+	last := len(h) - 1
+	h[0] = h[last]
+	h[last] = due{}
+	h = h[:last]
+	for i := 0; ; {
+		l := 2*i + 1
+		if l >= len(h) {
+			break
+		}
+		if r := l + 1; r < len(h) && h[r].at.Before(h[l].at) {
+			l = r
+		}
+		if !h[l].at.Before(h[i].at) {
+			break
+		}
+		h[i], h[l] = h[l], h[i]
+		i = l
+	}
+	s.dues = h
+	return top
+}
