@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -33,6 +34,10 @@ type App struct {
 	log      *zap.Logger
 	ctx      caddy.Context
 	events   *caddyevents.App
+	// storage is Caddy's configured storage, which the instances sharing
+	// pools share: handed to the handlers when the config starts, never
+	// touched before
+	storage certmagic.Storage
 	// started counts the handlers started; only the goroutine that loads
 	// the config touches it
 	started int
@@ -49,7 +54,7 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 
 // Provision subscribes to Caddy's "started" event.
 func (a *App) Provision(ctx caddy.Context) error {
-	a.log, a.ctx = ctx.Logger(), ctx
+	a.log, a.ctx, a.storage = ctx.Logger(), ctx, ctx.Storage()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
@@ -119,6 +124,7 @@ func (a *App) commit() {
 			name = names[h]
 		}
 		h.obs.setName(name)
+		h.storage = a.storage
 		h.start(!rolled[h.spawnKey])
 		rolled[h.spawnKey] = true
 	}

@@ -64,6 +64,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		restart_timeout <duration>
 //		max_restarting <n>
 //		restart_crashed [on|off]
+//		cluster [on|off]
 //		slow_start <duration>
 //		# any other reverse_proxy subdirective
 //	}
@@ -135,6 +136,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if _, err := sourceRefresh(h.DynamicUpstreamsRaw); err != nil {
 			return hd.Errf("%v", err)
 		}
+	}
+	if h.Cluster != nil && *h.Cluster && h.RestartRaw == nil {
+		return hd.Errf("cluster on: needs restart (spawned backends are each instance's own; without a restarter there are no restarts to share)")
 	}
 	return nil
 }
@@ -349,7 +353,7 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 		if err := h.Spawn.UnmarshalCaddyfile(d); err != nil {
 			return true, err
 		}
-	case "restart_crashed":
+	case "restart_crashed", "cluster":
 		on := true
 		if d.NextArg() {
 			switch v := d.Val(); v {
@@ -357,13 +361,17 @@ func (h *Handler) unmarshalOwn(d *caddyfile.Dispenser) (bool, error) {
 			case "off", "false":
 				on = false
 			default:
-				return true, d.Errf("restart_crashed %q: expected on or off", v)
+				return true, d.Errf("%s %q: expected on or off", sub, v)
 			}
 			if d.NextArg() {
-				return true, d.Errf("restart_crashed %q: takes at most one argument, on or off", d.Val())
+				return true, d.Errf("%s %q: takes at most one argument, on or off", sub, d.Val())
 			}
 		}
-		h.RestartCrashed = &on
+		if sub == "cluster" {
+			h.Cluster = &on
+		} else {
+			h.RestartCrashed = &on
+		}
 	case "lb_policy", "lb_retries", "lb_try_duration", "lb_try_interval", "lb_retry_match",
 		"health_upstream", "health_follow_redirects", "health_path",
 		"fail_duration", "max_fails", "unhealthy_status", "unhealthy_latency", "unhealthy_request_count":

@@ -212,6 +212,8 @@ func TestCaddyfileBadValues(t *testing.T) {
 
 		{"restart_crashed with two arguments", "restart_crashed on off", "restart_crashed", "at most one argument"},
 		{"restart_crashed garbage", "restart_crashed maybe", "restart_crashed", "maybe"},
+		{"cluster garbage", "cluster maybe", "cluster", "maybe"},
+		{"cluster with two arguments", "cluster on off", "cluster", "at most one argument"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// the bad line is line 4, after a passed-through subdirective,
@@ -254,6 +256,7 @@ func TestCaddyfileRepeatedSubdirective(t *testing.T) {
 		{"restart_timeout twice", "restart_timeout 1s\n\t\trestart_timeout 2s", "restart_timeout", "already specified", 4},
 		{"max_restarting twice", "max_restarting 1\n\t\tmax_restarting 2", "max_restarting", "already specified", 4},
 		{"restart_crashed twice", "restart_crashed\n\t\trestart_crashed off", "restart_crashed", "already specified", 4},
+		{"cluster twice", "cluster\n\t\tcluster off", "cluster", "already specified", 4},
 		{"slow_start twice", "slow_start 1s\n\t\tslow_start 2s", "slow_start", "already specified", 4},
 		{"hedge twice", "hedge 50ms\n\t\thedge auto", "hedge auto", "already specified", 4},
 		{"hedge without a value", "hedge", "hedge", "expected one argument", 3},

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/crashonly/caddy-failover/caddymodule/restart"
@@ -109,6 +110,13 @@ type Handler struct {
 	// restarter's supervisor does not restart exited processes itself.
 	RestartCrashed *bool `json:"restart_crashed,omitempty"`
 
+	// Share restarts with the other Caddy instances that front a pool of
+	// the same name and use the same storage (Caddy's storage option): one
+	// restart per fault across them, one rolling restart per pool, and a
+	// backend one restarts leaves the others' service at once. Default: on
+	// with restart; off with spawn, whose processes are each instance's own.
+	Cluster *bool `json:"cluster,omitempty"`
+
 	// Spawn runs the backends: the built-in supervisor, one process per
 	// backend, restarted when it exits or hangs, kept across reloads.
 	// The upstreams are then the spawned backends'.
@@ -144,9 +152,13 @@ type Handler struct {
 	budget *budget
 	lat    *latencies
 	// held counts the requests its pool holds now, for max_held
-	held      *atomic.Int64
-	obs       *observer // the pool's metrics, events and counters
-	ops       *poolOps  // the pool's operator actions
+	held *atomic.Int64
+	obs  *observer // the pool's metrics, events and counters
+	ops  *poolOps  // the pool's operator actions
+	cl   *member   // the pool's part in the cluster (peers.go)
+	// storage is Caddy's, shared with other instances; set when the config
+	// starts (App.commit), used only with Cluster on
+	storage   certmagic.Storage
 	ownsInner *reverseproxy.HTTPTransport
 	restarter restart.Restarter // nil: none
 	spawned   *spawn.Group
@@ -277,7 +289,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.pool, h.poolKey, h.held, h.obs, h.ops, h.dyn = rp.Pool, key, rp.held, rp.obs, rp.ops, rp.dyn
+	h.pool, h.poolKey, h.held, h.obs, h.ops, h.dyn, h.cl = rp.Pool, key, rp.held, rp.obs, rp.ops, rp.dyn, rp.cl
 	h.budget, h.lat = rp.budget, rp.lat
 	if h.dyn != nil {
 		h.members = &h.dyn.members

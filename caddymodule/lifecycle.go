@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/crashonly/caddy-failover/caddymodule/spawn"
@@ -25,11 +26,17 @@ func (h *Handler) start(roll bool) {
 	log := h.logger.Named("health")
 	h.obs.log.Store(log)
 	h.obs.start()
+	pol := h.restartPolicy()
 	h.pool.Apply(healthcheck.Settings{
-		Restart:   h.restartPolicy(),
+		Restart:   pol,
 		SlowStart: time.Duration(h.SlowStart),
 		Log:       log,
 	})
+	var storage certmagic.Storage // nil: not shared
+	if h.clustered() {
+		storage = h.storage
+	}
+	h.cl.configure(storage, h.obs.Name(), pol)
 	var changed []int
 	if h.spawned != nil {
 		addrs := h.spawned.Addrs()

@@ -71,6 +71,18 @@ var (
 		Help:    "Time a heartbeat took to be answered.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
 	}, []string{"pool"})
+	mPeerDeferred = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "failover", Name: "restarts_left_to_peers_total",
+		Help: "Restarts this instance did not ask for because another instance sharing the pool had them in hand (peer) or the pool's restart budget was full across the instances (budget).",
+	}, []string{"pool", "why"})
+	mPeerFacts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "failover", Name: "peer_restarts_seen_total",
+		Help: "Backends taken out of service, or no longer restarted by this instance, because another instance sharing the pool asked for their restart.",
+	}, []string{"pool"})
+	mStorageErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "failover", Name: "cluster_storage_errors_total",
+		Help: "Failed reads, writes and locks of the storage shared with other instances; restarts go on locally meanwhile.",
+	}, []string{"pool"})
 
 	stateDesc = prometheus.NewDesc("caddy_failover_backend_state",
 		"1 for the state each backend is in, 0 for the others.", []string{"pool", "backend", "state"}, nil)
@@ -119,7 +131,8 @@ func (poolCollector) Collect(ch chan<- prometheus.Metric) {
 // registerMetrics registers failover's metrics in a config's registry.
 func registerMetrics(reg *prometheus.Registry) error {
 	for _, c := range []prometheus.Collector{mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mRescuesDenied, mHedges, mHoldSeconds,
-		mHoldExpired, mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency, poolCollector{}} {
+		mHoldExpired, mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency,
+		mPeerDeferred, mPeerFacts, mStorageErrors, poolCollector{}} {
 		if err := reg.Register(c); err != nil {
 			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
 				return fmt.Errorf("failover: registering metrics: %v", err)
@@ -136,6 +149,7 @@ func forgetPool(name string) {
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
 		mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mRescuesDenied, mHedges, mHoldSeconds, mHoldExpired,
 		mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency,
+		mPeerDeferred, mPeerFacts, mStorageErrors,
 	} {
 		v.DeletePartialMatch(l)
 	}

@@ -30,6 +30,10 @@ type observer struct {
 	// dynamic pool's members come and go
 	counts sync.Map
 
+	// restartOver, set before the pool starts, hears of every backend whose
+	// restart is over here: back in service, or not restarting any more
+	restartOver func(addr string)
+
 	// touched by transition only
 	inService  int
 	wasServing bool
@@ -161,6 +165,10 @@ func (o *observer) transition(t healthcheck.Transition) {
 		if t.To.InService() {
 			mRestartDuration.WithLabelValues(name).Observe(t.At.Sub(since).Seconds())
 		}
+	}
+
+	if o.restartOver != nil && (t.From == healthcheck.Restarting || t.To.InService() && !t.From.InService()) {
+		o.restartOver(t.Backend)
 	}
 
 	data := map[string]any{"pool": name, "backend": t.Backend, "reason": t.Reason.String(),

@@ -43,7 +43,7 @@ func (h *Handler) replaceFunc() func(context.Context, *healthcheck.Backend) erro
 		g := h.spawned
 		return func(ctx context.Context, b *healthcheck.Backend) error { return g.Replace(ctx, b.Index) }
 	case h.restarter != nil:
-		r := restarter{h.restarter, restarterName(h.restarter), h.obs}
+		r := restarter{h.restarter, restarterName(h.restarter), h.obs, h.peers()}
 		return func(ctx context.Context, b *healthcheck.Backend) error {
 			return r.Restart(ctx, b, healthcheck.Manual, time.Now())
 		}
@@ -65,25 +65,37 @@ type RollingRestart struct {
 // errRollingRestart: one is already running on the pool.
 var errRollingRestart = errors.New("a rolling restart of this pool is already running")
 
+// rollingLease is how long a step of a rolling restart holds the pool's
+// lease among the instances: a cycle's two bounded steps, and a margin.
+const rollingLease = 2*cycleStep + 5*time.Second
+
 // startRollingRestart restarts the pool's backends one at a time: drain,
 // replace, wait until healthy (through slow start), next. It stops at the
-// first backend that does not come back.
+// first backend that does not come back. Across the instances sharing the
+// pool, one runs at a time: the one that takes the pool's lease.
 func (rp runningPool) startRollingRestart() (RollingRestart, error) {
-	o := rp.ops
+	o, asked := rp.ops, time.Now()
+	if rr, err := o.canRoll(); err != nil {
+		return rr, err
+	}
+	if peer := rp.cl.holdRolling(true, rollingLease, asked); peer != nil {
+		return RollingRestart{Pool: rp.obs.Name(), State: "running", Done: []string{}, Started: peer.Since},
+			fmt.Errorf("%w on another instance (%s), or ran since this request", errRollingRestart, peer.Holder)
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.replace == nil {
-		return RollingRestart{}, errNoRestarter
-	}
 	if o.rolling != nil && o.rolling.State == "running" {
-		return *o.rolling, errRollingRestart
+		return *o.rolling, errRollingRestart // started here meanwhile
 	}
 	rr := &RollingRestart{Pool: rp.obs.Name(), State: "running", Done: []string{}, Started: time.Now()}
 	o.rolling = rr
 	replace := o.replace
 	go func() {
 		var err error
-		for _, b := range rp.Backends() {
+		for i, b := range rp.Backends() {
+			if i > 0 {
+				rp.cl.holdRolling(false, rollingLease, time.Time{})
+			}
 			o.mu.Lock()
 			rr.Current = b.Addr
 			o.mu.Unlock()
@@ -96,6 +108,7 @@ func (rp runningPool) startRollingRestart() (RollingRestart, error) {
 			rr.Done = append(rr.Done, b.Addr)
 			o.mu.Unlock()
 		}
+		rp.cl.holdRolling(false, 0, time.Time{})
 		o.mu.Lock()
 		defer o.mu.Unlock()
 		rr.Current, rr.Finished, rr.State = "", time.Now(), "done"
@@ -104,6 +117,19 @@ func (rp runningPool) startRollingRestart() (RollingRestart, error) {
 		}
 	}()
 	return *rr, nil
+}
+
+// canRoll says whether a rolling restart may start here.
+func (o *poolOps) canRoll() (RollingRestart, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case o.replace == nil:
+		return RollingRestart{}, errNoRestarter
+	case o.rolling != nil && o.rolling.State == "running":
+		return *o.rolling, errRollingRestart
+	}
+	return RollingRestart{}, nil
 }
 
 // rollingStatus is the pool's last rolling restart, if any.

@@ -29,6 +29,7 @@ type runningPool struct {
 	budget *budget
 	lat    *latencies
 	dyn    *dynamicPool // nil: static upstreams
+	cl     *member      // its part in the cluster of instances (peers.go)
 }
 
 func (p runningPool) Destruct() error {
@@ -36,6 +37,7 @@ func (p runningPool) Destruct() error {
 		p.dyn.stop()
 	}
 	p.Close()
+	p.cl.stop()
 	p.obs.stop()
 	name, shared := p.obs.Name(), false
 	pools.Range(func(_, v any) bool {
@@ -62,7 +64,10 @@ func acquirePool(addrs []string, source string, cfg healthcheck.Config, tlsKey s
 	key := poolKey(addrs, source, cfg, tlsKey)
 	v, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
 		p := healthcheck.NewPool(addrs, cfg, nil)
-		rp := runningPool{p, new(atomic.Int64), newObserver(p), new(poolOps), newBudget(), new(latencies), nil}
+		obs := newObserver(p)
+		m := newMember(p, obs)
+		obs.restartOver = m.restartOver
+		rp := runningPool{p, new(atomic.Int64), obs, new(poolOps), newBudget(), new(latencies), nil, m}
 		if source != "" {
 			rp.dyn = newDynamicPool(p, rp.obs)
 		}

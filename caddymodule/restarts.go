@@ -15,18 +15,29 @@ import (
 )
 
 // restarter lets the engine call a restarter module, and counts what it
-// did.
+// did. Every restart request passes through it: with cluster on, it first
+// claims the restart's lease from the peers (member.claim), and leaves the
+// restart to them when they have it in hand.
 type restarter struct {
 	r    restart.Restarter
 	name string // the module's name: http, exec, signal, supervisord, spawn
 	obs  *observer
+	cl   *member // nil: not shared
 }
 
 func (a restarter) Restart(ctx context.Context, b *healthcheck.Backend, reason healthcheck.Reason, lastGood time.Time) error {
+	if a.cl != nil {
+		if err := a.cl.claim(ctx, b, reason, lastGood); err != nil {
+			return err
+		}
+	}
 	err := a.r.Restart(ctx, restart.Target{Backend: b.Addr, Index: b.Index, Reason: reason.String(), Since: lastGood})
 	result := "ok"
 	if err != nil {
 		result = "error"
+		if a.cl != nil {
+			a.cl.release(b.Addr)
+		}
 	}
 	a.obs.of(b.Index).restarts.Add(1)
 	mRestarts.WithLabelValues(a.obs.Name(), a.name, result).Inc()
@@ -48,9 +59,9 @@ func (h *Handler) provisionRestarter(ctx caddy.Context) error {
 		Restart              json.RawMessage
 		After, Timeout, Slow caddy.Duration
 		MaxRestarting        int
-		Crashed              *bool
+		Crashed, Cluster     *bool
 		Spawn                string
-	}{h.RestartRaw, h.RestartAfter, h.RestartTimeout, h.SlowStart, h.MaxRestarting, h.RestartCrashed, h.spawnKey}
+	}{h.RestartRaw, h.RestartAfter, h.RestartTimeout, h.SlowStart, h.MaxRestarting, h.RestartCrashed, h.Cluster, h.spawnKey}
 	b, err := json.Marshal(shared)
 	if err != nil {
 		return fmt.Errorf("failover: %v", err)
@@ -84,7 +95,7 @@ func (h *Handler) restartPolicy() healthcheck.RestartPolicy {
 		crashed = *h.RestartCrashed
 	}
 	return healthcheck.RestartPolicy{
-		Restarter:     restarter{r, restarterName(r), h.obs},
+		Restarter:     restarter{r, restarterName(r), h.obs, h.peers()},
 		After:         time.Duration(h.RestartAfter),
 		Lease:         time.Duration(h.RestartTimeout),
 		MaxRestarting: h.MaxRestarting,
@@ -92,8 +103,27 @@ func (h *Handler) restartPolicy() healthcheck.RestartPolicy {
 	}
 }
 
+// clustered reports whether the handler's pool shares its restarts with
+// other instances: with a restarter module, unless cluster is off.
+func (h *Handler) clustered() bool {
+	return h.hasRestartModule() && (h.Cluster == nil || *h.Cluster)
+}
+
+// hasRestartModule: restart is set (its raw JSON is gone once loaded).
+func (h *Handler) hasRestartModule() bool { return h.RestartRaw != nil || h.restarter != nil }
+
+// peers is the pool's cluster member when restarts are shared, else nil.
+func (h *Handler) peers() *member {
+	if !h.clustered() {
+		return nil
+	}
+	return h.cl
+}
+
 func (h *Handler) validateRestarts() error {
 	switch {
+	case h.Cluster != nil && *h.Cluster && !h.hasRestartModule():
+		return fmt.Errorf("failover: cluster on needs a restart module: spawned backends are each instance's own, and without a restarter there are no restarts to share")
 	case h.RestartAfter < 0:
 		return fmt.Errorf("failover: restart_after %v: must not be negative", time.Duration(h.RestartAfter))
 	case h.RestartTimeout < 0:

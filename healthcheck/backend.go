@@ -58,6 +58,7 @@ type Backend struct {
 	restartAt   time.Time // no restart before then (crash-loop backoff)
 	restartedAt time.Time // when the current restart was requested
 	loop        CrashLoop // restarts in a row that did not last
+	peer        peerFact  // a peer's restart being applied (peer.go)
 
 	// probation holds when b entered probation (UnixNano), 0 outside it,
 	// for the selector to ramp b's share without locking.

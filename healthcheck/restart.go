@@ -2,6 +2,7 @@ package healthcheck
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -208,8 +209,14 @@ func (p *Pool) wantsRestart(b *Backend, pol RestartPolicy) bool {
 }
 
 // restartFailed puts a backend whose restart request failed back to wait,
-// with backoff, unless a newer lease or a readmission came first.
+// with backoff, unless a newer lease or a readmission came first. A
+// *PeerRestart answer is no failure: b waits for the peer's (peerLease).
 func (p *Pool) restartFailed(b *Backend, lease uint64, err error) {
+	var peer *PeerRestart
+	if errors.As(err, &peer) {
+		p.peerLease(b, lease, peer)
+		return
+	}
 	now := time.Now()
 	p.mu.Lock()
 	if b.state == Restarting && b.lease == lease {
@@ -219,7 +226,11 @@ func (p *Pool) restartFailed(b *Backend, lease uint64, err error) {
 		p.apply(b, inRestartFailed, fmt.Errorf("restart request failed: %w", err))
 	}
 	p.unlock()
-	p.logger().Error("restart request failed; will retry", zap.String("backend", b.Addr), zap.Error(err))
+	if errors.Is(err, ErrRestartBudget) {
+		p.logger().Info("restart waits for the pool's restart budget", zap.String("backend", b.Addr), zap.Error(err))
+	} else {
+		p.logger().Error("restart request failed; will retry", zap.String("backend", b.Addr), zap.Error(err))
+	}
 	p.wakeRestarts()
 }
 

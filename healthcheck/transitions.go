@@ -34,6 +34,8 @@ import (
 //	lease expired     -                    -                          -                    -                            ejected(lease-expired)  -                 -                    -
 //	restart failed    -                    -                          -                    -                            ejected(r)              -                 -                    -
 //	slow start over   -                    probation: healthy         -                    -                            -                       -                 -                    -
+//	peer restart⁹     -                    restarting(peer's r)¹⁰     restarting(peer's r)¹⁰ r not bad-status:            -¹¹                     -                 -                    -
+//	                                                                                       restarting(r)
 //
 //	¹ probation when slow_start is set, else healthy; from unknown healthy (it never failed, so one pass)
 //	² unless the last in service: the panic guard keeps it (no transition), guarded for that reason;
@@ -48,6 +50,12 @@ import (
 //	⁸ the watchdog's urgent heartbeat went unanswered while a request waited (suspect.go); the
 //	  next miss confirms it, as a miss while a request waits is a timeout; under the panic guard no
 //	  transition and no guard reason (the beats that follow decide)
+//	⁹ another instance sharing the pool asked for the restart (peer.go), after this instance's last
+//	  answer from b and with its lease still running; else no transition. The lease runs until the
+//	  peer's ends, and counts for the crash-loop backoff as a restart of this instance's
+//	¹⁰ hang, crash or lease-expired; crash for an operator's replacement (the process goes away);
+//	  no panic guard: the process is being restarted
+//	¹¹ the lease runs until the peer's ends, if later
 //
 // A draining backend whose process is being replaced (ReturnOnNewProcess)
 // takes "return" by itself at its first pass on a connection made since:
@@ -76,6 +84,8 @@ const (
 	// inSuspect: the watchdog's urgent heartbeat went unanswered while a
 	// request waited (suspect.go).
 	inSuspect
+	// inPeerRestart: a peer asked for the restart (PeerRestarted).
+	inPeerRestart
 )
 
 // observe applies one piece of evidence about b.
@@ -240,6 +250,8 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 			b.fails, b.passes, b.misses = 0, 0, 0
 			p.set(b, Unknown, ReasonNone, nil)
 		}
+	case inPeerRestart:
+		p.peerRestart(b, cause)
 	default:
 		panic(fmt.Sprintf("healthcheck: unknown input %d", in))
 	}

@@ -61,6 +61,18 @@ func TestTransitionTable(t *testing.T) {
 		pol.Restarter = nil
 		p.SetRestartPolicy(pol)
 	}
+	// peer: a peer asked for b's restart (for a hang), fresh or stale
+	peer := func(fresh bool) func(*Pool, *Backend) {
+		return func(p *Pool, b *Backend) {
+			since := time.Now()
+			if !fresh {
+				p.mu.Lock()
+				since = b.lastAnswer()
+				p.mu.Unlock()
+			}
+			p.PeerRestarted(b, since, time.Now().Add(lease), Hang, 0, "peer")
+		}
+	}
 	columns := []struct {
 		name          string
 		passes, fails int
@@ -97,6 +109,8 @@ func TestTransitionTable(t *testing.T) {
 			p.restartRound(at)
 		}},
 		{"suspect", 2, 2, false, func(p *Pool, b *Backend) { p.suspect(b, errTest) }},
+		{"peer restart", 2, 2, false, peer(true)},
+		{"stale peer restart", 2, 2, false, peer(false)},
 	}
 
 	// setups, on backend 0; others are in service unless alone
@@ -158,43 +172,43 @@ func TestTransitionTable(t *testing.T) {
 		alone bool   // the only backend that may be in service
 		guard Reason // the panic guard's reason after setup
 		setup func(*Pool, *Backend)
-		cells [18]string
+		cells [20]string
 	}{
-		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow suspect
+		// columns:  pass P-th  miss F-th  tmo  wrong F-th  gone ann drain maint return due  due+c lease fail slow suspect peer stale
 		{U, false, ReasonNone, func(*Pool, *Backend) {},
-			[18]string{H, H, "-", EH, "-", "-", EB, "-", DA, D, M, "-", "-", "-", "-", "-", "-", "-"}},
+			[20]string{H, H, "-", EH, "-", "-", EB, "-", DA, D, M, "-", "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{H, false, ReasonNone, ev(Pass),
-			[18]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", S}},
+			[20]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", S, RH, "-"}},
 		{P, false, ReasonNone, probation,
-			[18]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", H, S}},
+			[20]string{"-", "-", "-", EH, EH, "-", EB, EC, DA, D, M, "-", "-", "-", "-", "-", H, S, RH, "-"}},
 		{H, true, Hang, hang,
-			[18]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", "-", "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", "-", "-", RH, "-"}},
 		{H, true, BadStatus, seq(hang, ev(WrongStatus)),
-			[18]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-", RH, "-"}},
 		{P, true, Hang, seq(probation, ev(Timeout)),
-			[18]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H, "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", EC, DA, D, M, "-", RH, RH, "-", "-", H, "-", RH, "-"}},
 		{EC, false, ReasonNone, seq(ev(Pass), ev(Gone)),
-			[18]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-", "-"}},
+			[20]string{"-", P, "-", EH, "-", EB, EB, "-", DA, D, M, "-", "-", RC, "-", "-", "-", "-", RC, "-"}},
 		{EH, false, ReasonNone, hang,
-			[18]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-", "-"}},
+			[20]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RH, RH, "-", "-", "-", "-", RH, "-"}},
 		{EB, false, ReasonNone, func(p *Pool, b *Backend) { feed(p, b, Pass); feedUntil(p, b, WrongStatus, Ejected) },
-			[18]string{"-", P, "-", EH, "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-"}},
+			[20]string{"-", P, "-", EH, "-", "-", "-", EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{EL, false, ReasonNone, leaseExpired,
-			[18]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RL, RL, "-", "-", "-", "-"}},
+			[20]string{"-", P, "-", "-", "-", EB, EB, EC, DA, D, M, "-", RL, RL, "-", "-", "-", "-", RL, "-"}},
 		{RH, false, ReasonNone, seq(hang, restartDue),
-			[18]string{EH, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EH, "-", "-"}},
+			[20]string{EH, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EH, "-", "-", "-", "-"}},
 		{RC, false, ReasonNone, restartingCrash,
-			[18]string{EC, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EC, "-", "-"}},
+			[20]string{EC, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EC, "-", "-", "-", "-"}},
 		{RL, false, ReasonNone, seq(leaseExpired, restartDue),
-			[18]string{EL, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EL, "-", "-"}},
+			[20]string{EL, P, "-", "-", "-", EB, EB, "-", DA, D, M, "-", "-", "-", EL, EL, "-", "-", "-", "-"}},
 		{S, false, ReasonNone, seq(ev(Pass), func(p *Pool, b *Backend) { p.suspect(b, errTest) }),
-			[18]string{H, H, EH, EH, EH, EB, EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-"}},
+			[20]string{H, H, EH, EH, EH, EB, EB, EC, DA, D, M, "-", "-", "-", "-", "-", "-", "-", RH, "-"}},
 		{D, false, ReasonNone, seq(ev(Pass), (*Pool).Drain),
-			[18]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-", "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", "-", M, U, "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{DA, false, ReasonNone, seq(ev(Pass), ev(DrainAnnounced)),
-			[18]string{P, P, "-", "-", "-", "-", "-", "-", "-", D, M, U, "-", "-", "-", "-", "-", "-"}},
+			[20]string{P, P, "-", "-", "-", "-", "-", "-", "-", D, M, U, "-", "-", "-", "-", "-", "-", "-", "-"}},
 		{M, false, ReasonNone, seq(ev(Pass), (*Pool).Maint),
-			[18]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-", "-"}},
+			[20]string{"-", "-", "-", "-", "-", "-", "-", "-", "-", D, "-", U, "-", "-", "-", "-", "-", "-", "-", "-"}},
 	}
 
 	for _, row := range rows {
