@@ -77,9 +77,12 @@ type Backend struct {
 	idle   chan struct{} // closed when active drops to 0; nil if none waits
 
 	// conns counts the prober's connections made; awaitConn, guarded by
-	// pool.mu, is conns when ReturnOnNewProcess was called (0: not waiting)
+	// pool.mu, is conns when ReturnOnNewProcess was called (0: not waiting);
+	// renewConn asks the prober to make its next beat on a new connection
+	// (the one it holds may be to the replacement already: see fire)
 	conns     atomic.Uint64
 	awaitConn uint64
+	renewConn atomic.Bool
 
 	flightMu sync.Mutex
 	flights  []*Flight

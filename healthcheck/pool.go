@@ -222,7 +222,10 @@ func (p *Pool) Return(b *Backend) {
 // replaced to the normal lifecycle once the replacement answers: at its
 // first good heartbeat on a connection made after this call. The old
 // process may go on answering until it exits (a supervisor stops it
-// gracefully): its answers, on the connection it held, do not count.
+// gracefully): its answers, on the connection it held, do not count. The
+// next beat goes on a new connection (the one held may be to the
+// replacement already), so the call must come once the old process has
+// stopped listening: once the restarter has returned.
 // A backend that is not draining is left as it is.
 func (p *Pool) ReturnOnNewProcess(b *Backend) {
 	p.mu.Lock()
@@ -231,6 +234,10 @@ func (p *Pool) ReturnOnNewProcess(b *Backend) {
 		if b.awaitConn == 0 {
 			b.awaitConn = ^uint64(0) // no connection yet: any will do
 		}
+		// the held connection may be to the replacement already (a beat
+		// connected between its start and this call): made before the
+		// call, it would never count, and the prober keeps it
+		b.renewConn.Store(true)
 	}
 	p.mu.Unlock()
 	b.Probe()

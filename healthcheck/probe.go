@@ -171,14 +171,21 @@ func (pr *prober) fire(gen uint64) (seq uint64, start time.Time, ok bool) {
 	pr.start = time.Now()
 	seq, start = pr.seq, pr.start
 	conn, raw := pr.conn, pr.raw
+	renew := pr.b.renewConn.Swap(false) && conn != nil
 	pr.mu.Unlock()
 	pr.b.beats.Add(1)
-	if conn == nil {
+	switch {
+	case conn == nil:
 		select {
 		case pr.due <- struct{}{}:
 		default:
 		}
-	} else {
+	case renew:
+		// the beat goes on a new connection (ReturnOnNewProcess): the
+		// goroutine reading the held one wakes, finds it dead under a beat
+		// it was not made for, and connects (see handle)
+		_ = conn.SetReadDeadline(aLongTimeAgo)
+	default:
 		pr.send(conn, raw, start)
 	}
 	return seq, start, true

@@ -60,7 +60,8 @@ import (
 // A draining backend whose process is being replaced (ReturnOnNewProcess)
 // takes "return" by itself at its first pass on a connection made since:
 // the replacement answers (the old process, on its old connection, does not
-// count), then that pass applies as to unknown.
+// count; the prober's next beat goes on a new connection), then that pass
+// applies as to unknown.
 //
 // A miss while a live request waits longer than Timeout is a timeout.
 

@@ -26,18 +26,20 @@ import (
 // the backend (SIGKILL, start again). With delay, it waits that long before
 // restarting, and gives up if the requester goes away meanwhile (a killed
 // Caddy): a slow restart whose holder can be caught holding its lease.
+// With answerLate, it answers that long after the new process listens.
 type countingSupervisor struct {
 	backends map[string]*chaos.Backend
 	delay    time.Duration
 
-	mu        sync.Mutex
-	requests  map[string]int       // received, by backend
-	restarted map[string]int       // carried out, by backend
-	first     map[string]time.Time // the first request's arrival, by backend
-	aborted   int
-	pending   int
-	changed   chan struct{}
-	url       string
+	mu         sync.Mutex
+	requests   map[string]int       // received, by backend
+	restarted  map[string]int       // carried out, by backend
+	first      map[string]time.Time // the first request's arrival, by backend
+	aborted    int
+	pending    int
+	answerLate time.Duration
+	changed    chan struct{}
+	url        string
 }
 
 func startCountingSupervisor(t *testing.T, backends []*chaos.Backend, delay time.Duration) *countingSupervisor {
@@ -92,6 +94,17 @@ func (s *countingSupervisor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.note(func() { s.restarted[target.Backend]++ })
+	s.mu.Lock()
+	late := s.answerLate
+	s.mu.Unlock()
+	if late > 0 {
+		t := time.NewTimer(late)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+		}
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -314,6 +327,25 @@ func TestClusterRollingRestartRunsOnce(t *testing.T) {
 	for _, a := range r.addrs {
 		require.Equal(t, 1, requests[a], "restart requests for %s: %v", a, requests)
 	}
+}
+
+// An operator's restart whose restarter answers after the new process
+// listens: the heartbeats reach the replacement before the restart is
+// over, on a connection the engine must not keep waiting on (see
+// healthcheck.ReturnOnNewProcess). The restart succeeds, and the backend
+// is in service again, on this instance and its peer.
+func TestClusterOperatorRestartAnsweredLate(t *testing.T) {
+	r := newClusterRig(t, 2, 0, 5*time.Second, "")
+	r.sup.mu.Lock()
+	r.sup.answerLate = 500 * time.Millisecond // five heartbeat intervals
+	r.sup.mu.Unlock()
+	addr := r.addrs[0]
+	code, body := adminDo(t, r.caddys[0].Admin(), http.MethodPost, "/failover/backends/"+addr+"/restart", nil)
+	require.Equal(t, http.StatusOK, code, body)
+	r.eachHealthy()
+	requests, restarted, _ := r.sup.counts()
+	require.Equal(t, 1, requests[addr], "restart requests: %v", requests)
+	require.Equal(t, 1, restarted[addr], "restarts: %v", restarted)
 }
 
 // TestClusterFigures measures, for the closing note (only with
