@@ -487,8 +487,6 @@ func TestCaddyValidateJSON(t *testing.T) {
 			`"dynamic_upstreams":{"source":"a","name":"{http.request.host}","port":"80"}}`, []string{"placeholders"}},
 		{"dynamic with spawn", `{"handler":"failover","spawn":{"command":["true","{backend}"],"ports":[9001]},` +
 			`"dynamic_upstreams":{"source":"a","name":"example.com","port":"80"}}`, []string{"dynamic", "spawn"}},
-		{"dynamic with hedge", `{"handler":"failover","hedge":"50ms",` +
-			`"dynamic_upstreams":{"source":"a","name":"example.com","port":"80"}}`, []string{"hedge", "dynamic"}},
 		{"unknown dynamic source", `{"handler":"failover","dynamic_upstreams":{"source":"nope"}}`, []string{"nope"}},
 		{"placeholder upstream", `{"handler":"failover","upstreams":[{"dial":"{http.request.host}:80"}]}`,
 			[]string{"{http.request.host}:80", "placeholder"}},

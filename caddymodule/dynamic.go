@@ -172,16 +172,21 @@ func (d *dynamicPool) apply(addrs []string, log *zap.Logger) {
 	next := &members{
 		backends:  make([]*healthcheck.Backend, 0, len(addrs)),
 		upstreams: make([]*reverseproxy.Upstream, 0, len(addrs)),
+		dials:     make([]reverseproxy.DialInfo, 0, len(addrs)),
 	}
 	var added, removed []string
 	for _, a := range addrs {
 		if i := slices.IndexFunc(cur.backends, func(b *healthcheck.Backend) bool { return b.Addr == a }); i >= 0 {
 			next.backends = append(next.backends, cur.backends[i])
 			next.upstreams = append(next.upstreams, cur.upstreams[i])
+			next.dials = append(next.dials, cur.dials[i])
 			continue
 		}
+		u := &reverseproxy.Upstream{Dial: a, Host: new(reverseproxy.Host)}
+		di, _ := dialInfo(u) // usable checked a
 		next.backends = append(next.backends, d.pool.Add(a))
-		next.upstreams = append(next.upstreams, &reverseproxy.Upstream{Dial: a, Host: new(reverseproxy.Host)})
+		next.upstreams = append(next.upstreams, u)
+		next.dials = append(next.dials, di)
 		added = append(added, a)
 	}
 	d.members.Store(next)

@@ -122,6 +122,12 @@ func TestDynamicPoolFollowsItsSource(t *testing.T) {
 	assert.Equal(t, []string{b, c}, memberAddrs(rp.dyn))
 	assert.Same(t, first.backends[1], rp.dyn.members.Load().backends[0], "b is the same backend")
 	assert.Same(t, first.upstreams[1], rp.dyn.members.Load().upstreams[0], "with the same upstream")
+	now := rp.dyn.members.Load()
+	require.Len(t, now.dials, len(now.upstreams), "every member has its dial address, for hedges")
+	for i, di := range now.dials {
+		assert.Same(t, now.upstreams[i], di.Upstream, "member %d's dial info is its upstream's", i)
+		assert.Equal(t, now.upstreams[i].Dial, di.Address)
+	}
 	assert.False(t, mEjections.DeleteLabelValues("dynamic-test", a, "crash"), "a's series went with it")
 	assert.Zero(t, rp.obs.of(first.backends[0].Index).replays.Load(), "and its counters")
 	for _, s := range rp.Snapshot() {

@@ -141,12 +141,10 @@ type Handler struct {
 	hold       time.Duration
 	maxHeld    int64
 	retries    int
-	// hedging: hedgeAfter, or auto from lat; dials are the peers' dial
-	// addresses (hedge.go)
+	// hedging: hedgeAfter, or auto from lat (hedge.go)
 	hedging    bool
 	hedgeAuto  bool
 	hedgeAfter time.Duration
-	dials      []reverseproxy.DialInfo
 	// budget bounds hedges and rescues; lat tracks answer latencies;
 	// both are the pool's
 	budget *budget
@@ -296,7 +294,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	} else {
 		// reverse_proxy provisions these very upstreams in place
 		h.members = new(atomic.Pointer[members])
-		h.members.Store(&members{backends: h.pool.Backends(), upstreams: h.Upstreams})
+		m := &members{backends: h.pool.Backends(), upstreams: h.Upstreams}
+		if h.hedging {
+			m.dials = make([]reverseproxy.DialInfo, len(h.Upstreams))
+			for i, u := range h.Upstreams {
+				if m.dials[i], err = dialInfo(u); err != nil {
+					return err
+				}
+			}
+		}
+		h.members.Store(m)
 	}
 	if h.Spawn != nil {
 		if h.spawned, err = spawn.Acquire(*h.Spawn, h.logger.Named("spawn")); err != nil {

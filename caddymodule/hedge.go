@@ -117,17 +117,21 @@ func (h *Handler) provisionHedge() error {
 	if err := checkDialInfoKey(); err != nil {
 		return err
 	}
-	h.dials = make([]reverseproxy.DialInfo, len(h.Upstreams))
-	for i, u := range h.Upstreams {
-		na, err := caddy.ParseNetworkAddress(u.Dial)
-		if err != nil {
-			return fmt.Errorf("failover: upstream %q: %v", u.Dial, err)
-		}
-		h.dials[i] = reverseproxy.DialInfo{Upstream: u, Network: na.Network, Address: na.JoinHostPort(0),
-			Host: na.Host, Port: strconv.Itoa(int(na.StartPort))}
-	}
-	h.hedging = len(h.Upstreams) > 1
+	// a dynamic pool may grow past one member
+	h.hedging = len(h.Upstreams) > 1 || h.DynamicUpstreamsRaw != nil
 	return nil
+}
+
+// dialInfo is what reverse_proxy puts in the context of a request it sends
+// to u: a hedge sends its copy to the peer's. Members get theirs when they
+// join (at provision, or at a lookup), not per hedge.
+func dialInfo(u *reverseproxy.Upstream) (reverseproxy.DialInfo, error) {
+	na, err := caddy.ParseNetworkAddress(u.Dial)
+	if err != nil {
+		return reverseproxy.DialInfo{}, fmt.Errorf("failover: upstream %q: %v", u.Dial, err)
+	}
+	return reverseproxy.DialInfo{Upstream: u, Network: na.Network, Address: na.JoinHostPort(0),
+		Host: na.Host, Port: strconv.Itoa(int(na.StartPort))}, nil
 }
 
 // hedgeThreshold is how long a request waits before it is hedged now; 0:
@@ -295,7 +299,7 @@ func (hg *hedger) fire() {
 		hg.decided <- struct{}{}
 		return
 	}
-	peer, di := m.backends[i], t.h.dials[i] // a static pool's: dials are in its order
+	peer, di := m.backends[i], m.dials[i]
 	ctx, cancel := context.WithCancelCause(&hedgeContext{Context: hg.parent, dial: di})
 	req := hg.req.Clone(ctx)
 	req.URL.Host = di.Address

@@ -105,6 +105,9 @@ func (s *selector) pick(st *requestState, backends []*healthcheck.Backend) int {
 type members struct {
 	backends  []*healthcheck.Backend
 	upstreams []*reverseproxy.Upstream
+	// dials are the upstreams' dial addresses, for hedges (hedge.go); a
+	// static pool's only when its handler hedges
+	dials []reverseproxy.DialInfo
 }
 
 // everyBackend is the retries that allow one attempt on every member.

@@ -358,8 +358,6 @@ func (h *Handler) checkUpstreams() error {
 	switch {
 	case dynamic && h.Spawn != nil:
 		return fmt.Errorf("failover: dynamic upstreams with spawn: spawn gives the upstreams; use one or the other")
-	case dynamic && h.Hedge != "":
-		return fmt.Errorf("failover: hedge with dynamic upstreams is not supported (yet)")
 	case dynamic && len(h.Upstreams) > 0:
 		return fmt.Errorf("failover: %v", errStaticAndDynamic)
 	case !dynamic && len(h.Upstreams) == 0:
