@@ -243,7 +243,7 @@ func TestSpawnEnvChangeRollsThePool(t *testing.T) {
 
 	ctx, stop := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
-	var ok, failed atomic.Int64
+	var ok, failed, resets atomic.Int64
 	var firstErr atomic.Value
 	client := &http.Client{Timeout: 10 * time.Second}
 	url := fmt.Sprintf("http://127.0.0.1:%d/work", port)
@@ -251,15 +251,25 @@ func TestSpawnEnvChangeRollsThePool(t *testing.T) {
 		wg.Go(func() {
 			for i := 0; i < 20000 && ctx.Err() == nil; i++ {
 				res, err := client.Get(url)
-				if err == nil {
-					io.Copy(io.Discard, res.Body)
-					res.Body.Close()
-					if res.StatusCode == http.StatusOK {
-						ok.Add(1)
-						continue
+				if err != nil {
+					// no answer at all: the client's own connection to
+					// Caddy, closed by the old server as the reload shut
+					// it down (stock Caddy alike, as in
+					// TestManyReloadsLeakNothing); a request failover
+					// could not serve during the roll is answered 502
+					if ctx.Err() == nil {
+						resets.Add(1)
+						t.Logf("client connection to Caddy: %v", err)
 					}
-					err = fmt.Errorf("status %d", res.StatusCode)
+					continue
 				}
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode == http.StatusOK {
+					ok.Add(1)
+					continue
+				}
+				err = fmt.Errorf("status %d", res.StatusCode)
 				if ctx.Err() == nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
@@ -282,6 +292,7 @@ func TestSpawnEnvChangeRollsThePool(t *testing.T) {
 
 	assert.Zero(t, failed.Load(), "failed requests (first: %v)", firstErr.Load())
 	assert.Positive(t, ok.Load())
+	assert.LessOrEqual(t, resets.Load(), int64(4), "client connections closed by the reload: at most one per client")
 	for i, pid := range old {
 		assert.False(t, alive(pid), "the old process %d is gone", i)
 	}
