@@ -86,6 +86,9 @@ type Backend struct {
 
 	flightMu sync.Mutex
 	flights  []*Flight
+	// nFlights is len(flights), for the watchdog to pass over idle
+	// backends without taking flightMu
+	nFlights atomic.Int32
 }
 
 // InService reports whether requests may be sent to b now.
@@ -187,6 +190,7 @@ func (b *Backend) Begin(f *Flight) {
 	f.slot = len(b.flights)
 	f.rescued = false
 	b.flights = append(b.flights, f)
+	b.nFlights.Store(int32(len(b.flights)))
 	b.flightMu.Unlock()
 	if b.pool.dog.idle.Load() {
 		b.pool.dog.wakeUp()
@@ -209,6 +213,7 @@ func (b *Backend) End(f *Flight) (rescued bool) {
 	moved.slot = f.slot
 	b.flights[last] = nil
 	b.flights = b.flights[:last]
+	b.nFlights.Store(int32(last))
 	if last == 0 {
 		b.sus.setQuiet(false) // nothing waits: not quiet, whatever the last look saw
 	}
@@ -229,11 +234,7 @@ func (b *Backend) stuck(d time.Duration) bool {
 }
 
 // InFlight is the number of registered flights.
-func (b *Backend) InFlight() int {
-	b.flightMu.Lock()
-	defer b.flightMu.Unlock()
-	return len(b.flights)
-}
+func (b *Backend) InFlight() int { return int(b.nFlights.Load()) }
 
 // oldest returns when the longest-waiting flight began (zero: none).
 func (b *Backend) oldest() time.Time {
@@ -267,6 +268,7 @@ func (b *Backend) rescue() int {
 	}
 	clear(b.flights[len(kept):])
 	b.flights = kept
+	b.nFlights.Store(int32(len(kept)))
 	b.flightMu.Unlock()
 	for _, cancel := range cancels {
 		cancel(ErrRescued)

@@ -167,6 +167,10 @@ func (p *Pool) watch() {
 // there was any.
 func (p *Pool) look(now time.Time) (busy bool) {
 	for _, b := range p.Backends() {
+		if b.nFlights.Load() == 0 { // most, in a large pool: no lock taken
+			b.sus.setQuiet(false)
+			continue
+		}
 		oldest := b.oldest()
 		if oldest.IsZero() || !b.InService() {
 			b.sus.setQuiet(false)
