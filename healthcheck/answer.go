@@ -47,6 +47,11 @@ type readResult struct {
 // kept from one answer to the next. It reads what a heartbeat needs: the
 // status, whether the connection stays open, and DrainHeader, and skips
 // the body by its framing (Content-Length, chunked, or to the close).
+//
+// It reads from a blocking reader (next), or from one that says errMore
+// when it has nothing yet (poll: a connection held on the ring, see
+// ring_linux.go, fed one completion at a time): then it keeps where it
+// stopped in the answer and goes on from there when called again.
 type answerReader struct {
 	r io.Reader
 	// head: the request was HEAD, so answers have no body
@@ -56,11 +61,42 @@ type answerReader struct {
 	off, end int
 	// used counts the bytes of the current answer consumed so far
 	used int
+
+	// the answer being read: where it is (idle: none begun), what it
+	// said so far and how its body is framed
+	at        answerPhase
+	res       readResult
+	carried   bool // bytes were buffered when it began
+	http10    bool
+	keepAlive bool
+	chunked   bool
+	length    int64 // Content-Length; -1: none
+	left      int   // body bytes to skip in this phase
+	body      int   // chunked body bytes so far
 }
+
+// answerPhase is where reading an answer stands.
+type answerPhase uint8
+
+const (
+	idle answerPhase = iota
+	inStatus
+	inHeaders
+	inBody // left bytes by Content-Length
+	inChunkSize
+	inChunk    // left bytes of chunk data
+	inChunkEnd // the line end after chunk data
+	inTrailers
+	toClose // the body ends with the connection
+)
+
+// errMore, from a reader, says it has nothing yet: the answer is read on
+// when it has (see poll).
+var errMore = errors.New("no more bytes yet")
 
 // reset makes a read answers from r; the buffer is kept.
 func (a *answerReader) reset(r io.Reader, head bool) {
-	a.r, a.head, a.off, a.end = r, head, 0, 0
+	a.r, a.head, a.off, a.end, a.at = r, head, 0, 0, idle
 	if a.buf == nil {
 		a.buf = make([]byte, answerBuf)
 	}
@@ -93,7 +129,8 @@ func (a *answerReader) fill(limit int) error {
 }
 
 // line returns the next line, without its CR LF; it stays valid until the
-// next read. Lines count against maxProbeHead.
+// next read. Lines count against maxProbeHead. On an error nothing is
+// consumed: a line cut short by errMore is read whole on the next call.
 func (a *answerReader) line() ([]byte, error) {
 	for {
 		if i := bytes.IndexByte(a.buf[a.off:a.end], '\n'); i >= 0 {
@@ -114,158 +151,237 @@ func (a *answerReader) line() ([]byte, error) {
 	}
 }
 
-// next reads the next final answer (informational ones are skipped).
+// next reads the next final answer (informational ones are skipped) from
+// a blocking reader.
 func (a *answerReader) next() readResult {
+	r, ok := a.poll()
+	if !ok {
+		return readResult{err: errMore} // a reader that does not block
+	}
+	return r
+}
+
+// poll reads the next final answer from what the reader has; ok is false
+// when it said errMore first: call again once it has more.
+func (a *answerReader) poll() (r readResult, ok bool) {
 	for {
-		r, final := a.answer()
-		if final {
-			return r
+		r, step := a.answer()
+		switch step {
+		case answerFinal:
+			return r, true
+		case answerMore:
+			return r, false
 		}
 	}
 }
 
-// answer reads one answer; final is false for an informational one (103
-// Early Hints, 100) after which the real answer follows.
-func (a *answerReader) answer() (r readResult, final bool) {
-	a.used = 0
-	carried := a.end > a.off
-	fail := func(err error) (readResult, bool) {
-		return readResult{err: err, bad: carried || a.used > 0 || a.end > a.off || errors.Is(err, errHeadTooLong)}, true
+// answerStep is what answer read: a final answer, an informational one
+// (103 Early Hints, 100) after which the real answer follows, or not a
+// whole answer yet (the reader said errMore).
+type answerStep uint8
+
+const (
+	answerFinal answerStep = iota
+	answerInformational
+	answerMore
+)
+
+// answer reads one answer, or on from where the last call stopped.
+func (a *answerReader) answer() (readResult, answerStep) {
+	if a.at == idle {
+		a.at, a.used, a.carried = inStatus, 0, a.end > a.off
+		a.res, a.http10, a.keepAlive, a.chunked, a.length, a.body = readResult{}, false, false, false, -1, 0
 	}
-	l, err := a.line()
-	if err != nil {
-		return fail(err)
-	}
-	// HTTP/1.x SSS reason
-	if len(l) < 12 || !bytes.HasPrefix(l, []byte("HTTP/1.")) || l[7] < '0' || l[7] > '9' || l[8] != ' ' || len(l) > 12 && l[12] != ' ' {
-		return fail(errMalformed)
-	}
-	status := 0
-	for _, c := range l[9:12] {
-		if c < '0' || c > '9' {
-			return fail(errMalformed)
-		}
-		status = 10*status + int(c-'0')
-	}
-	http10 := l[7] == '0'
-	var keepAlive, closeConn, drain, chunked bool
-	length := int64(-1)
 	for {
-		l, err := a.line()
-		if err != nil {
-			return fail(err)
-		}
-		if len(l) == 0 {
-			break
-		}
-		if l[0] == ' ' || l[0] == '\t' {
-			continue // an obsolete folded line: part of the header before
-		}
-		colon := bytes.IndexByte(l, ':')
-		if colon < 0 {
-			return fail(errMalformed)
-		}
-		// as lenient as net/http with a name it does not know
-		name, value := l[:colon], bytes.TrimSpace(l[colon+1:])
-		switch {
-		case equalFold(name, "Content-Length"):
-			n, ok := parseUint(value, 10)
-			if !ok || length >= 0 && n != length {
-				return fail(fmt.Errorf("bad Content-Length %q", value))
+		switch a.at {
+		case inStatus:
+			l, err := a.line()
+			if err != nil {
+				return a.fail(err)
 			}
-			length = n
-		case equalFold(name, "Transfer-Encoding"):
-			if http10 {
-				break // HTTP/1.0 has none
+			// HTTP/1.x SSS reason
+			if len(l) < 12 || !bytes.HasPrefix(l, []byte("HTTP/1.")) || l[7] < '0' || l[7] > '9' || l[8] != ' ' || len(l) > 12 && l[12] != ' ' {
+				return a.fail(errMalformed)
 			}
-			if !equalFold(value, "chunked") {
-				return fail(fmt.Errorf("unsupported transfer encoding %q", value))
+			status := 0
+			for _, c := range l[9:12] {
+				if c < '0' || c > '9' {
+					return a.fail(errMalformed)
+				}
+				status = 10*status + int(c-'0')
 			}
-			chunked = true
-		case equalFold(name, "Connection"):
-			closeConn = closeConn || hasToken(value, "close")
-			keepAlive = keepAlive || hasToken(value, "keep-alive")
-		case equalFold(name, DrainHeader):
-			drain = true
+			a.res.status, a.http10, a.at = status, l[7] == '0', inHeaders
+		case inHeaders:
+			l, err := a.line()
+			if err != nil {
+				return a.fail(err)
+			}
+			if len(l) == 0 {
+				if step, done := a.endOfHead(); done {
+					return a.done(step)
+				}
+				continue
+			}
+			if err := a.header(l); err != nil {
+				return a.fail(err)
+			}
+		case inBody, inChunk, toClose:
+			ok, more := a.skip()
+			switch {
+			case more:
+				return readResult{}, answerMore
+			case !ok || a.at == toClose:
+				a.res.close = true
+				return a.done(answerFinal)
+			case a.at == inChunk:
+				a.at = inChunkEnd
+			default:
+				return a.done(answerFinal)
+			}
+		case inChunkSize, inChunkEnd, inTrailers:
+			l, err := a.line()
+			if err == errMore {
+				return readResult{}, answerMore
+			}
+			if err != nil || !a.chunkLine(l) {
+				// malformed, too long, or the connection failed
+				a.res.close = true
+				return a.done(answerFinal)
+			}
+			if a.at == idle {
+				return a.res, answerFinal
+			}
 		}
 	}
+}
+
+// header takes in one header line.
+func (a *answerReader) header(l []byte) error {
+	if l[0] == ' ' || l[0] == '\t' {
+		return nil // an obsolete folded line: part of the header before
+	}
+	colon := bytes.IndexByte(l, ':')
+	if colon < 0 {
+		return errMalformed
+	}
+	// as lenient as net/http with a name it does not know
+	name, value := l[:colon], bytes.TrimSpace(l[colon+1:])
+	switch {
+	case equalFold(name, "Content-Length"):
+		n, ok := parseUint(value, 10)
+		if !ok || a.length >= 0 && n != a.length {
+			return fmt.Errorf("bad Content-Length %q", value)
+		}
+		a.length = n
+	case equalFold(name, "Transfer-Encoding"):
+		if a.http10 {
+			break // HTTP/1.0 has none
+		}
+		if !equalFold(value, "chunked") {
+			return fmt.Errorf("unsupported transfer encoding %q", value)
+		}
+		a.chunked = true
+	case equalFold(name, "Connection"):
+		a.res.close = a.res.close || hasToken(value, "close")
+		a.keepAlive = a.keepAlive || hasToken(value, "keep-alive")
+	case equalFold(name, DrainHeader):
+		a.res.drain = true
+	}
+	return nil
+}
+
+// endOfHead sets how the body is read after the head; done: the answer
+// has none (or is informational).
+func (a *answerReader) endOfHead() (answerStep, bool) {
+	status := a.res.status
 	if status < 200 && status != 101 {
-		return readResult{}, false // informational: the answer follows
+		return answerInformational, true // the answer follows
 	}
-	r = readResult{status: status, drain: drain, close: closeConn || http10 && !keepAlive}
+	a.res.close = a.res.close || a.http10 && !a.keepAlive
 	switch {
 	case a.head || status < 200 || status == 204 || status == 304:
-		// no body
-	case chunked:
-		if !a.skipChunked() {
-			r.close = true
-		}
-	case length >= 0:
-		if length > maxProbeBody || !a.skip(int(length)) {
-			r.close = true
-		}
+		return answerFinal, true // no body
+	case a.chunked:
+		a.at = inChunkSize
+	case a.length > maxProbeBody:
+		a.res.close = true
+		return answerFinal, true
+	case a.length >= 0:
+		a.at, a.left = inBody, int(a.length)
 	default:
-		// the body ends with the connection
-		a.skip(maxProbeBody + 1)
-		r.close = true
+		a.at, a.left = toClose, maxProbeBody+1
 	}
-	return r, true
+	return 0, false
 }
 
-// skip consumes n bytes of body; false: the connection failed first.
-func (a *answerReader) skip(n int) bool {
-	for {
-		k := min(n, a.end-a.off)
-		a.off += k
-		n -= k
-		if n == 0 {
-			return true
-		}
-		a.off, a.end = 0, 0
-		if n > len(a.buf) && len(a.buf) < bodyBuf {
-			a.buf = make([]byte, bodyBuf)
-		}
-		if err := a.fill(len(a.buf)); err != nil {
-			return false
-		}
-	}
-}
-
-// skipChunked consumes a chunked body and its trailers, within
-// maxProbeBody+maxProbeHead bytes in all; false: malformed, too long, or
-// the connection failed.
-func (a *answerReader) skipChunked() bool {
-	body := 0
-	for {
-		l, err := a.line()
-		if err != nil {
-			return false
-		}
+// chunkLine takes in a line of a chunked body (a chunk size, the end of a
+// chunk's data, a trailer), within maxProbeBody+maxProbeHead bytes in all;
+// false: malformed or too long. The answer is done when at is idle.
+func (a *answerReader) chunkLine(l []byte) bool {
+	switch a.at {
+	case inChunkSize:
 		if i := bytes.IndexByte(l, ';'); i >= 0 {
 			l = l[:i] // a chunk extension
 		}
-		l = bytes.TrimSpace(l)
-		n, ok := parseUint(l, 16)
+		n, ok := parseUint(bytes.TrimSpace(l), 16)
 		if !ok {
 			return false
 		}
 		if n == 0 {
-			break
+			a.at = inTrailers
+			return true
 		}
-		if body += int(n); body > maxProbeBody || !a.skip(int(n)) {
+		if a.body += int(n); a.body > maxProbeBody {
 			return false
 		}
-		if l, err := a.line(); err != nil || len(l) != 0 {
+		a.at, a.left = inChunk, int(n)
+	case inChunkEnd:
+		if len(l) != 0 {
 			return false
+		}
+		a.at = inChunkSize
+	case inTrailers: // up to an empty line
+		if len(l) == 0 {
+			a.at = idle
 		}
 	}
-	for { // trailers, up to an empty line
-		l, err := a.line()
-		if err != nil {
-			return false
+	return true
+}
+
+// done ends the answer being read.
+func (a *answerReader) done(step answerStep) (readResult, answerStep) {
+	a.at = idle
+	if step != answerFinal {
+		return readResult{}, step
+	}
+	return a.res, step
+}
+
+// fail ends the answer being read with err, unless err is errMore.
+func (a *answerReader) fail(err error) (readResult, answerStep) {
+	if err == errMore {
+		return readResult{}, answerMore
+	}
+	a.at = idle
+	return readResult{err: err, bad: a.carried || a.used > 0 || a.end > a.off || errors.Is(err, errHeadTooLong)}, answerFinal
+}
+
+// skip consumes the left bytes of body; ok is false when the connection
+// failed first, more when the reader has nothing yet.
+func (a *answerReader) skip() (ok, more bool) {
+	for {
+		k := min(a.left, a.end-a.off)
+		a.off += k
+		a.left -= k
+		if a.left == 0 {
+			return true, false
 		}
-		if len(l) == 0 {
-			return true
+		a.off, a.end = 0, 0
+		if a.left > len(a.buf) && len(a.buf) < bodyBuf {
+			a.buf = make([]byte, bodyBuf)
+		}
+		if err := a.fill(len(a.buf)); err != nil {
+			return false, err == errMore
 		}
 	}
 }

@@ -77,8 +77,54 @@ func TestAnswerReaderAgreesWithNetHTTP(t *testing.T) {
 				assert.Equal(t, w, got, "answer %d", i)
 			}
 			assert.Equal(t, c.drain, want[0].drain)
+
+			// the same answers fed a few bytes at a time, as completions
+			// bring them (poll, on the ring), come out the same
+			for _, piece := range []int{1, 7, 100} {
+				f := &pieces{rest: []byte(stream), size: piece}
+				a.reset(f, c.head)
+				var got []readResult
+				for len(got) < len(want) {
+					r, ok := a.poll()
+					if !ok {
+						require.True(t, f.more(), "piece %d: waits for bytes after the stream ended", piece)
+						continue
+					}
+					require.NoError(t, r.err, "piece %d, answer %d", piece, len(got))
+					got = append(got, r)
+				}
+				assert.Equal(t, want, got, "piece %d", piece)
+			}
 		})
 	}
+}
+
+// pieces is a reader that gives its bytes size at a time, then errMore
+// until more is called (a completion's worth), then io.EOF at the end.
+type pieces struct {
+	rest, now []byte
+	size      int
+}
+
+func (p *pieces) more() bool {
+	if len(p.rest) == 0 {
+		return false
+	}
+	n := min(p.size, len(p.rest))
+	p.now, p.rest = p.rest[:n], p.rest[n:]
+	return true
+}
+
+func (p *pieces) Read(b []byte) (int, error) {
+	if len(p.now) == 0 {
+		if len(p.rest) == 0 {
+			return 0, io.EOF
+		}
+		return 0, errMore
+	}
+	n := copy(b, p.now)
+	p.now = p.now[n:]
+	return n, nil
 }
 
 // What net/http refuses is a bad answer (a miss, the connection dropped);
