@@ -94,6 +94,25 @@ const (
 // when it has (see poll).
 var errMore = errors.New("no more bytes yet")
 
+// fedReader is the reader of a connection held on the ring: the bytes of one
+// completion, then errMore, or err (the end of the connection).
+type fedReader struct {
+	b   []byte
+	err error
+}
+
+func (f *fedReader) Read(p []byte) (int, error) {
+	if len(f.b) == 0 {
+		if f.err != nil {
+			return 0, f.err
+		}
+		return 0, errMore
+	}
+	n := copy(p, f.b)
+	f.b = f.b[n:]
+	return n, nil
+}
+
 // reset makes a read answers from r; the buffer is kept.
 func (a *answerReader) reset(r io.Reader, head bool) {
 	a.r, a.head, a.off, a.end, a.at = r, head, 0, 0, idle

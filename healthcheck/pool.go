@@ -112,10 +112,12 @@ func (p *Pool) Start() {
 	}()
 	p.sched = newScheduler(p)
 	p.wg.Add(1)
+	ready := make(chan struct{})
 	go func() {
 		defer p.wg.Done()
-		p.sched.run()
+		p.sched.run(ready, len(p.backends))
 	}()
+	<-ready
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()

@@ -21,7 +21,10 @@ import (
 // beats, so a crash (the kernel closes the socket) is seen at once, not at
 // the next beat: that is the crash watch. The same goroutine reads and
 // judges the answers; the pool's scheduler (sched.go) says when a beat is
-// due, and writes it on the held connection itself.
+// due, and writes it on the held connection itself. When the pool holds
+// its connections on io_uring (held_linux.go), the goroutine only
+// connects: the ring's receive is the crash watch, and the answers are
+// judged on the scheduler's goroutine (ringRead), with the same reader.
 type prober struct {
 	p       *Pool
 	b       *Backend
@@ -40,8 +43,10 @@ type prober struct {
 	// onBeat is the pool's OnBeat hook, taken at Start; nil: none
 	onBeat func(*Backend, Evidence, time.Duration)
 
-	// the goroutine's own
+	// the goroutine's own (the scheduler's, with a ring: see ringRead)
 	ans answerReader
+	// feed is what ans reads from a connection held on the ring
+	feed fedReader
 	// watchBeat is when a closed watch connection last caused a beat.
 	watchBeat time.Time
 
@@ -53,6 +58,8 @@ type prober struct {
 	mu   sync.Mutex
 	conn net.Conn
 	raw  syscall.RawConn // conn's, nil for TLS
+	// hc is the connection held on the ring, instead of conn
+	hc *heldConn
 	// connSeq is the beat conn was made for
 	connSeq uint64
 	// gen counts schedulings: a due entry of an older one is stale
@@ -170,16 +177,18 @@ func (pr *prober) fire(gen uint64) (seq uint64, start time.Time, ok bool) {
 	pr.inFlight = true
 	pr.start = time.Now()
 	seq, start = pr.seq, pr.start
-	conn, raw := pr.conn, pr.raw
-	renew := pr.b.renewConn.Swap(false) && conn != nil
+	conn, raw, hc := pr.conn, pr.raw, pr.hc
+	renew := pr.b.renewConn.Swap(false) && (conn != nil || hc != nil)
 	pr.mu.Unlock()
 	pr.b.beats.Add(1)
 	switch {
-	case conn == nil:
-		select {
-		case pr.due <- struct{}{}:
-		default:
-		}
+	case conn == nil && hc == nil:
+		pr.wantConn()
+	case renew && hc != nil:
+		pr.drop(nil)
+		pr.wantConn()
+	case hc != nil:
+		pr.s.held.send(hc, pr.req)
 	case renew:
 		// the beat goes on a new connection (ReturnOnNewProcess): the
 		// goroutine reading the held one wakes, finds it dead under a beat
@@ -189,6 +198,14 @@ func (pr *prober) fire(gen uint64) (seq uint64, start time.Time, ok bool) {
 		pr.send(conn, raw, start)
 	}
 	return seq, start, true
+}
+
+// wantConn has the prober's goroutine connect for the beat in flight.
+func (pr *prober) wantConn() {
+	select {
+	case pr.due <- struct{}{}:
+	default:
+	}
 }
 
 // send writes the heartbeat on the held connection. A plain one is
@@ -248,10 +265,13 @@ func (pr *prober) expire(seq uint64) {
 		return
 	}
 	pr.timedOut = true
-	conn := pr.conn
+	conn, hc := pr.conn, pr.hc
 	pr.mu.Unlock()
-	if conn != nil {
+	switch {
+	case conn != nil:
 		_ = conn.SetReadDeadline(aLongTimeAgo)
+	case hc != nil: // on the scheduler's goroutine, the ring's
+		pr.handle(readResult{err: os.ErrDeadlineExceeded})
 	}
 }
 
@@ -280,6 +300,10 @@ func (pr *prober) connect() {
 		return
 	}
 	pr.b.conns.Add(1)
+	if pr.s.held != nil {
+		pr.hand(conn, seq, deadline)
+		return
+	}
 	var raw syscall.RawConn
 	if sc, ok := conn.(syscall.Conn); ok && pr.cfg.TLS == nil {
 		raw, _ = sc.SyscallConn()
@@ -308,6 +332,23 @@ func (pr *prober) connect() {
 	_ = conn.SetWriteDeadline(time.Time{})
 }
 
+// hand writes the beat seq on conn, just made for it, and hands the
+// socket to the ring, which judges the rest (see heldRing.take).
+func (pr *prober) hand(conn net.Conn, seq uint64, deadline time.Time) {
+	_ = conn.SetWriteDeadline(deadline)
+	if _, err := conn.Write(pr.req); err != nil {
+		conn.Close()
+		pr.finish(connEvidence(err), err)
+		return
+	}
+	fd, err := detach(conn)
+	if err != nil {
+		pr.finish(Miss, err)
+		return
+	}
+	pr.s.held.adopt(pr, fd, seq)
+}
+
 func (pr *prober) dialConn(deadline time.Time) (net.Conn, error) {
 	ctx, cancel := context.WithDeadline(pr.ctx, deadline)
 	defer cancel()
@@ -326,18 +367,61 @@ func (pr *prober) dialConn(deadline time.Time) (net.Conn, error) {
 	return conn, nil
 }
 
-// drop closes the held connection, if it is conn (nil: whichever).
+// drop closes the held connection, if it is conn (nil: whichever, on the
+// ring too).
 func (pr *prober) drop(conn net.Conn) {
 	pr.mu.Lock()
-	held := pr.conn
+	held, hc := pr.conn, pr.hc
 	if conn == nil || conn == held {
 		pr.conn, pr.raw = nil, nil
 	} else {
 		held = nil
 	}
+	if conn == nil {
+		pr.hc = nil
+	} else {
+		hc = nil
+	}
 	pr.mu.Unlock()
 	if held != nil {
 		held.Close()
+	}
+	if hc != nil {
+		pr.s.held.release(hc)
+	}
+}
+
+// ringRead judges what a completion brought on hc, held on the ring (data,
+// or err: the end of the connection), on the scheduler's goroutine: as
+// run does with what it reads, answer by answer. held: hc is still held.
+func (pr *prober) ringRead(hc *heldConn, data []byte, err error) (held bool) {
+	pr.feed = fedReader{b: data, err: err}
+	defer func() { pr.feed = fedReader{} }()
+	for {
+		r, ok := pr.ans.poll()
+		if !ok {
+			return true
+		}
+		pr.handle(r)
+		pr.mu.Lock()
+		held = pr.hc == hc
+		pr.mu.Unlock()
+		if !held {
+			return false
+		}
+	}
+}
+
+// sendFailed judges the beat in flight on hc, whose send failed.
+func (pr *prober) sendFailed(hc *heldConn, err error) {
+	pr.mu.Lock()
+	ours := pr.hc == hc && pr.inFlight
+	if ours {
+		pr.writeErr = err
+	}
+	pr.mu.Unlock()
+	if ours {
+		pr.handle(readResult{err: err})
 	}
 }
 
@@ -376,8 +460,12 @@ func (pr *prober) handle(r readResult) {
 		if !fresh {
 			// the held connection died under us; that alone proves
 			// nothing (the backend may close idle connections): ask on a
-			// new one
-			pr.connect()
+			// new one (made by the prober's goroutine, with a ring)
+			if pr.s.held != nil {
+				pr.wantConn()
+			} else {
+				pr.connect()
+			}
 			return
 		}
 		pr.finish(connEvidence(err), err)

@@ -1,8 +1,12 @@
 package healthcheck
 
 import (
+	"context"
+	"runtime"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // scheduler sends the heartbeats of all of a pool's backends from one
@@ -14,7 +18,9 @@ import (
 // connection is written here (a few hundred bytes, never waited on); its
 // answer is read, and judged, by the backend's prober goroutine, which
 // blocks on that connection between beats (the crash watch). A beat due
-// without a connection is handed to the prober, which connects.
+// without a connection is handed to the prober, which connects. With a
+// ring (held_linux.go), the loop waits in it instead of on a timer, sends
+// the beats through it and judges their answers as they come.
 type scheduler struct {
 	p *Pool
 	// grid: due times are rounded to it so that beats due close together
@@ -32,6 +38,10 @@ type scheduler struct {
 	next    time.Time // when the loop wakes next
 	probers map[*Backend]*prober
 	wake    chan struct{}
+	// held holds the pool's connections on io_uring; nil: each prober's
+	// goroutine reads its own through Go's netpoller. Set by run before
+	// any prober starts, then never changed.
+	held *heldRing
 
 	// owned by the loop
 	batch    []due
@@ -116,10 +126,18 @@ func (s *scheduler) schedule(pr *prober, d time.Duration, forced bool) {
 	}
 	s.mu.Unlock()
 	if wake {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+		s.wakeLoop()
+	}
+}
+
+func (s *scheduler) wakeLoop() {
+	if s.held != nil {
+		s.held.wake()
+		return
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -135,8 +153,21 @@ func (s *scheduler) kick(pr *prober) {
 	}
 }
 
-// run is the scheduler's loop, until the pool closes.
-func (s *scheduler) run() {
+// run is the scheduler's loop, until the pool closes; it closes ready
+// once it knows whether it holds connections on a ring (for n backends).
+func (s *scheduler) run(ready chan<- struct{}, n int) {
+	if s.p.cfg.TLS == nil && heldRingChosen(s.p.log.Load()) {
+		runtime.LockOSThread() // the ring is this thread's, for good
+		h, err := newHeldRing(n)
+		if err != nil {
+			s.p.log.Load().Warn("heartbeats on Go's netpoller: io_uring", zap.Error(err))
+		} else {
+			s.held = h
+			defer h.close()
+			defer context.AfterFunc(s.p.ctx, h.wake)()
+		}
+	}
+	close(ready)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	defer s.stopAll()
@@ -188,6 +219,13 @@ func (s *scheduler) run() {
 		}
 		wait := time.Until(s.next)
 		s.mu.Unlock()
+		if s.held != nil {
+			s.held.wait(max(wait, 0))
+			if s.p.ctx.Err() != nil {
+				return
+			}
+			continue
+		}
 		if wait <= 0 {
 			continue
 		}
@@ -201,6 +239,22 @@ func (s *scheduler) run() {
 		}
 	}
 }
+
+// heldRingChosen says whether plain connections are held on io_uring in
+// this process: decided once (see heldRingSupport), and logged once.
+func heldRingChosen(log *zap.Logger) bool {
+	err := heldRingSupport()
+	heldRingLogged.Do(func() {
+		if err != nil {
+			log.Debug("heartbeat connections on Go's netpoller", zap.NamedError("io_uring", err))
+		} else {
+			log.Debug("heartbeat connections on io_uring")
+		}
+	})
+	return err == nil
+}
+
+var heldRingLogged sync.Once
 
 // stopAll stops every prober (the pool closes).
 func (s *scheduler) stopAll() {
