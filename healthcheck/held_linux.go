@@ -42,6 +42,8 @@ type heldRing struct {
 	complete func(*uringCQE)
 	// expect counts the answers awaited (about): enter waits for as many
 	expect uint32
+	// yielded is when the loop last went through Go's scheduler
+	yielded time.Time
 
 	mu     sync.Mutex
 	ops    []heldOp
@@ -86,6 +88,10 @@ const (
 	maxHeldBufs = 4096
 	maxHeldSQ   = 1024
 )
+
+// yieldEvery is how often the loop passes through Go's scheduler (see
+// wait); under sysmon's 10ms.
+const yieldEvery = 5 * time.Millisecond
 
 // heldRingEnv, set to 0, keeps heartbeat connections on Go's netpoller.
 const heldRingEnv = "FAILOVER_IO_URING"
@@ -225,6 +231,16 @@ func (h *heldRing) arm(hc *heldConn) {
 // wait submits what the loop queued, waits up to d for completions and
 // handles them, then what other goroutines asked; from the loop.
 func (h *heldRing) wait(d time.Duration) {
+	if now := time.Now(); now.Sub(h.yielded) >= yieldEvery {
+		// park now and then (a timer of a microsecond: some tens of
+		// them, blind): a goroutine that only ever waits in system calls
+		// looks to Go's sysmon like one that runs on, and is preempted
+		// and its P retaken every 10ms, after which sysmon polls every
+		// 20µs for a while, a few percent of a core. (Gosched would
+		// queue the loop behind every runnable goroutine.)
+		h.yielded = now
+		time.Sleep(time.Microsecond)
+	}
 	h.u.enter(max(h.expect, 1), d)
 	if h.u.reap(h.complete) == 0 {
 		h.expect = 0

@@ -125,7 +125,7 @@ func newProber(p *Pool, b *Backend) *prober {
 // large one spreads them (100µs a backend, at most an interval) so that
 // thousands of connects do not land together and time out each other.
 func (pr *prober) firstBeat(backends int) time.Duration {
-	if spread := min(time.Duration(backends)*100*time.Microsecond, pr.cfg.Interval); spread > time.Millisecond {
+	if spread := min(time.Duration(backends)*100*time.Microsecond, 4*pr.cfg.Interval); spread > time.Millisecond {
 		return time.Duration(pr.rnd.Int64N(int64(spread)))
 	}
 	return 0
