@@ -166,13 +166,15 @@ func (h *heldRing) wake() {
 	if !h.woken.CompareAndSwap(false, true) {
 		return
 	}
-	one := uint64(1)
 	h.mu.Lock()
 	if !h.closed {
-		_, _ = syscall.Write(h.efd, (*[8]byte)(unsafe.Pointer(&one))[:])
+		_, _ = syscall.Write(h.efd, eventfdOne)
 	}
 	h.mu.Unlock()
 }
+
+// eventfdOne adds one to an eventfd (little-endian, as the build is).
+var eventfdOne = []byte{1, 0, 0, 0, 0, 0, 0, 0}
 
 func (h *heldRing) armWake() {
 	s := h.u.sqe()
@@ -228,8 +230,8 @@ func (h *heldRing) arm(hc *heldConn) {
 	s.userData = userData(hc, kindRecv)
 }
 
-// wait submits what the loop queued, waits up to d for completions and
-// handles them, then what other goroutines asked; from the loop.
+// wait submits what the loop queued and waits up to d for completions
+// (handle them next); from the loop.
 func (h *heldRing) wait(d time.Duration) {
 	if now := time.Now(); now.Sub(h.yielded) >= yieldEvery {
 		// park now and then (a timer of a microsecond: some tens of
@@ -242,6 +244,11 @@ func (h *heldRing) wait(d time.Duration) {
 		time.Sleep(time.Microsecond)
 	}
 	h.u.enter(max(h.expect, 1), d)
+}
+
+// handle handles the completions made, then what other goroutines asked;
+// from the loop.
+func (h *heldRing) handle() {
 	if h.u.reap(h.complete) == 0 {
 		h.expect = 0
 	}

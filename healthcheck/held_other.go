@@ -23,4 +23,5 @@ func (*heldRing) adopt(*prober, int, uint64) {}
 func (*heldRing) release(*heldConn)          {}
 func (*heldRing) send(*heldConn, []byte)     {}
 func (*heldRing) wait(time.Duration)         {}
+func (*heldRing) handle()                    {}
 func detach(net.Conn) (int, error)           { return -1, errors.ErrUnsupported }

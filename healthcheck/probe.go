@@ -396,20 +396,18 @@ func (pr *prober) drop(conn net.Conn) {
 // run does with what it reads, answer by answer. held: hc is still held.
 func (pr *prober) ringRead(hc *heldConn, data []byte, err error) (held bool) {
 	pr.feed = fedReader{b: data, err: err}
-	defer func() { pr.feed = fedReader{} }()
-	for {
+	for held = true; held; {
 		r, ok := pr.ans.poll()
 		if !ok {
-			return true
+			break
 		}
 		pr.handle(r)
 		pr.mu.Lock()
 		held = pr.hc == hc
 		pr.mu.Unlock()
-		if !held {
-			return false
-		}
 	}
+	pr.feed = fedReader{} // data is the ring's again
+	return held
 }
 
 // sendFailed judges the beat in flight on hc, whose send failed.

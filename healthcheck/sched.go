@@ -221,6 +221,12 @@ func (s *scheduler) run(ready chan<- struct{}, n int) {
 		s.mu.Unlock()
 		if s.held != nil {
 			s.held.wait(max(wait, 0))
+			// awake: schedule need not wake the loop (not even from the
+			// completions handled here) until it computes next again
+			s.mu.Lock()
+			s.next = time.Time{}
+			s.mu.Unlock()
+			s.held.handle()
 			if s.p.ctx.Err() != nil {
 				return
 			}

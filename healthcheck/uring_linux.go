@@ -52,9 +52,9 @@ const (
 
 type uringParams struct {
 	sqEntries, cqEntries, flags, sqThreadCPU, sqThreadIdle, features, wqFd uint32
-	resv                                                                  [3]uint32
-	sqOff                                                                 uringSQOffsets
-	cqOff                                                                 uringCQOffsets
+	resv                                                                   [3]uint32
+	sqOff                                                                  uringSQOffsets
+	cqOff                                                                  uringCQOffsets
 }
 
 type uringSQOffsets struct {
