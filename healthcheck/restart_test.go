@@ -306,8 +306,10 @@ func TestSlowStartProbation(t *testing.T) {
 
 // fakePair starts f answering 200 and another backend, a pool over them
 // with restart policy pol whose restarter records the reasons it is asked
-// for on the returned channel and then runs restart; both are healthy.
-func fakePair(t *testing.T, pol RestartPolicy, restart func()) (*fakeProc, *backend, *Pool, *recorder, chan Reason) {
+// for on the returned channel and then runs restart on f (given f, not
+// closed over it: the variable the caller assigns is written after the
+// pool starts); both are healthy.
+func fakePair(t *testing.T, pol RestartPolicy, restart func(*fakeProc)) (*fakeProc, *backend, *Pool, *recorder, chan Reason) {
 	t.Helper()
 	f := newFakeProc(t)
 	f.up(http.StatusOK)
@@ -316,7 +318,7 @@ func fakePair(t *testing.T, pol RestartPolicy, restart func()) (*fakeProc, *back
 	calls := make(chan Reason, 100)
 	pol.Restarter = restarterFunc(func(_ context.Context, _ *Backend, r Reason, _ time.Time) error {
 		calls <- r
-		restart()
+		restart(f)
 		return nil
 	})
 	p.SetRestartPolicy(pol)
@@ -329,9 +331,8 @@ func fakePair(t *testing.T, pol RestartPolicy, restart func()) (*fakeProc, *back
 // A crashed backend whose process comes back hung is a hang, and is
 // restarted, though crashes are left to the supervisor.
 func TestCrashedBackendThatHangsIsRestarted(t *testing.T) {
-	var f *fakeProc
 	f, _, _, rec, calls := fakePair(t, RestartPolicy{After: 10 * time.Millisecond},
-		func() { f.up(http.StatusOK) })
+		func(f *fakeProc) { f.up(http.StatusOK) })
 	f.down()
 	rec.ejected(0, Crash)
 	f.up(0) // back, and hung
@@ -347,9 +348,8 @@ func TestCrashedBackendThatHangsIsRestarted(t *testing.T) {
 // back, alive: it is ejected for the bad status and never restarted again,
 // however long its restart lease was.
 func TestRestartedBackendAnsweringBadStatusIsNotRestarted(t *testing.T) {
-	var f *fakeProc
 	f, other, _, rec, calls := fakePair(t, RestartPolicy{After: 10 * time.Millisecond, Lease: 200 * time.Millisecond},
-		func() { f.up(http.StatusInternalServerError) })
+		func(f *fakeProc) { f.up(http.StatusInternalServerError) })
 	f.up(0) // hangs
 	rec.ejected(0, Hang)
 	rec.waitFor(0, wait, "restarting", to(0, Restarting, Hang))
@@ -376,9 +376,8 @@ func TestRestartedBackendAnsweringBadStatusIsNotRestarted(t *testing.T) {
 // are counted, but it is neither ejected nor restarted, even with
 // restart_crashed; Return brings it back through unknown.
 func TestDrainedBackendExitIsNotACrash(t *testing.T) {
-	var f *fakeProc
 	f, other, p, rec, calls := fakePair(t, RestartPolicy{After: 10 * time.Millisecond, Crashed: true},
-		func() { f.up(http.StatusOK) })
+		func(f *fakeProc) { f.up(http.StatusOK) })
 	b := p.Backends()[0]
 	p.Drain(b)
 	rec.waitFor(0, wait, "draining", to(0, Draining, Manual))
