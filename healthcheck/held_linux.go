@@ -104,9 +104,10 @@ var heldRingSupport = sync.OnceValue(func() error {
 	}
 	errc := make(chan error, 1)
 	go func() {
-		// a thread of its own, ended with the goroutine (never unlocked):
-		// the ring is its thread's
+		// the ring is its thread's (and the thread is not ended: see
+		// scheduler.run)
 		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 		h, err := newHeldRing(1)
 		if err == nil {
 			h.close()

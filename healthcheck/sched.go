@@ -157,7 +157,11 @@ func (s *scheduler) kick(pr *prober) {
 // once it knows whether it holds connections on a ring (for n backends).
 func (s *scheduler) run(ready chan<- struct{}, n int) {
 	if s.p.cfg.TLS == nil && heldRingChosen(s.p.log.Load()) {
-		runtime.LockOSThread() // the ring is this thread's, for good
+		// the ring is this thread's; unlocked (after the ring is closed),
+		// not ended with the goroutine: a child forked from this thread
+		// before with Pdeathsig (spawn) would be killed with it
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 		h, err := newHeldRing(n)
 		if err != nil {
 			s.p.log.Load().Warn("heartbeats on Go's netpoller: io_uring", zap.Error(err))
