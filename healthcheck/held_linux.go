@@ -89,6 +89,11 @@ const (
 	maxHeldSQ   = 1024
 )
 
+// maxHeldWait bounds a wait in the ring: sysmon retakes the P of a thread
+// in a system call for longer than 10ms, and then polls every 20µs for a
+// while.
+const maxHeldWait = 9 * time.Millisecond
+
 // yieldEvery is how often the loop passes through Go's scheduler (see
 // wait); under sysmon's 10ms.
 const yieldEvery = 5 * time.Millisecond
@@ -244,7 +249,7 @@ func (h *heldRing) wait(d time.Duration) {
 		h.yielded = now
 		time.Sleep(time.Microsecond)
 	}
-	h.u.enter(max(h.expect, 1), d)
+	h.u.enter(max(h.expect, 1), min(d, maxHeldWait))
 }
 
 // handle handles the completions made, then what other goroutines asked;
