@@ -125,7 +125,7 @@ var heldRingSupport = sync.OnceValue(func() error {
 // newHeldRing makes the ring for a pool of n backends, owned by the
 // calling thread (locked).
 func newHeldRing(n int) (*heldRing, error) {
-	sq := min(roundPow2(n), maxHeldSQ)
+	sq := min(max(roundPow2(n), 64), maxHeldSQ) // a pool may grow (dynamic upstreams)
 	nbuf := min(max(roundPow2(n), 64), maxHeldBufs)
 	u, err := newURing(sq, 4*max(sq, nbuf), nbuf, heldBufSize)
 	if err != nil {
