@@ -122,8 +122,10 @@ func newProber(p *Pool, b *Backend) *prober {
 }
 
 // firstBeat is when the first beat is due: at once in a small pool; a
-// large one spreads them (100µs a backend, at most an interval) so that
-// thousands of connects do not land together and time out each other.
+// large one spreads them (100µs a backend, at most four intervals: 1s for
+// 10 000 at the default) so that thousands of connects do not land
+// together and time out each other (a timed-out beat costs a new
+// connection, and the misses feed on themselves).
 func (pr *prober) firstBeat(backends int) time.Duration {
 	if spread := min(time.Duration(backends)*100*time.Microsecond, 4*pr.cfg.Interval); spread > time.Millisecond {
 		return time.Duration(pr.rnd.Int64N(int64(spread)))
