@@ -89,11 +89,6 @@ const (
 	maxHeldSQ   = 1024
 )
 
-// maxHeldWait bounds a wait in the ring: sysmon retakes the P of a thread
-// in a system call for longer than 10ms, and then polls every 20µs for a
-// while.
-const maxHeldWait = 9 * time.Millisecond
-
 // yieldEvery is how often the loop passes through Go's scheduler (see
 // wait); under sysmon's 10ms.
 const yieldEvery = 5 * time.Millisecond
@@ -237,7 +232,10 @@ func (h *heldRing) arm(hc *heldConn) {
 }
 
 // wait submits what the loop queued and waits up to d for completions
-// (handle them next); from the loop.
+// (handle them next); from the loop. The thread waits in the kernel with
+// its P, which sysmon gives to other goroutines only once it sees the
+// same wait twice: waits are not cut short (shorter ones, under sysmon's
+// tick, would keep the P from them with GOMAXPROCS=1).
 func (h *heldRing) wait(d time.Duration) {
 	if now := time.Now(); now.Sub(h.yielded) >= yieldEvery {
 		// park now and then (a timer of a microsecond: some tens of
@@ -249,7 +247,7 @@ func (h *heldRing) wait(d time.Duration) {
 		h.yielded = now
 		time.Sleep(time.Microsecond)
 	}
-	h.u.enter(max(h.expect, 1), min(d, maxHeldWait))
+	h.u.enter(max(h.expect, 1), d)
 }
 
 // handle handles the completions made, then what other goroutines asked;
