@@ -45,8 +45,10 @@ import (
 // Before a suspicion, a backend is already passed over by the selector
 // while it is quiet (Quiet): requests wait on it and it has answered nothing
 // for half its threshold, as of the watchdog's last look. A frozen backend
-// then stops taking new requests (POSTs above all, which could not be
-// rescued) within about 15ms.
+// then stops taking new requests within about 15ms; requests that could
+// not be rescued (POSTs) stop going to it within a few milliseconds, as
+// soon as it is hushed (Hushed: silent longer than usual, asked at the
+// pick).
 //
 // The hot path pays nothing for this beyond what a request in flight
 // already pays (Begin's timestamp), one atomic load in Begin that wakes the
