@@ -44,7 +44,9 @@ func TestHeldKilledEjectedAsCrash(t *testing.T) {
 	tr := rec.ejected(0, Crash)
 	t.Logf("SIGKILL to ejected(crash): %v (%s)", tr.At.Sub(killed), tr.Cause)
 	assert.Equal(t, Healthy, tr.From)
-	assert.Contains(t, tr.Cause, "connection refused", "the beat the closed connection asked for")
+	// the end of the held connection seen idle, then the beat it asked for
+	// refused; or, if a beat went out on it meanwhile, that beat reset
+	assert.Regexp(t, "connection refused|connection reset", tr.Cause)
 	assert.Equal(t, beats+1, b.beats.Load(), "one beat, asked for by the watch: none was due")
 	assert.Zero(t, p.InService())
 }
