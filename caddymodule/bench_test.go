@@ -172,11 +172,11 @@ func BenchmarkInFlight(b *testing.B) {
 	noCancel := func(error) {}
 	b.Run("single", func(b *testing.B) {
 		be := idleBackends(b, 1)[0]
-		f := &healthcheck.Flight{Cancel: noCancel}
+		f := &healthcheck.Flight{Cancel: noCancel, Replayable: true}
 		b.ReportAllocs()
 		for b.Loop() {
 			be.Begin(f)
-			if be.End(f) {
+			if be.End(f) != nil {
 				b.Fatal("rescued")
 			}
 		}
@@ -188,7 +188,7 @@ func BenchmarkInFlight(b *testing.B) {
 			others[i].Cancel = noCancel
 			be.Begin(&others[i])
 		}
-		f := &healthcheck.Flight{Cancel: noCancel}
+		f := &healthcheck.Flight{Cancel: noCancel, Replayable: true}
 		b.ReportAllocs()
 		for b.Loop() {
 			be.Begin(f)
@@ -199,7 +199,7 @@ func BenchmarkInFlight(b *testing.B) {
 		be := idleBackends(b, 1)[0]
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
-			f := &healthcheck.Flight{Cancel: noCancel}
+			f := &healthcheck.Flight{Cancel: noCancel, Replayable: true}
 			for pb.Next() {
 				be.Begin(f)
 				be.End(f)
@@ -212,7 +212,7 @@ func BenchmarkInFlight(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			be := backends[int(next.Add(1)-1)%len(backends)]
-			f := &healthcheck.Flight{Cancel: noCancel}
+			f := &healthcheck.Flight{Cancel: noCancel, Replayable: true}
 			for pb.Next() {
 				be.Begin(f)
 				be.End(f)

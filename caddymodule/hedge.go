@@ -289,7 +289,7 @@ func (hg *hedger) fire() {
 		return
 	}
 	m := t.h.members.Load()
-	i := t.sel.pick(hg.st, m.backends)
+	i := t.sel.pick(hg.st, m.backends, false) // hedges are of replayable requests
 	if i < 0 {
 		hg.decided <- struct{}{}
 		return
@@ -310,14 +310,14 @@ func (hg *hedger) fire() {
 		req.Body = io.NopCloser(bytes.NewReader(hg.body))
 	}
 	hg.peer, hg.cancel, hg.launched = peer, cancel, true
-	hg.flight.Cancel = cancel
+	hg.flight.Cancel, hg.flight.Replayable = cancel, true // hedges are of replayable requests only
 	peer.Acquire()
 	peer.Begin(&hg.flight)
 	hg.decided <- struct{}{}
 
 	res, err := t.inner.RoundTrip(req)
-	rescued := peer.End(&hg.flight)
-	if err == nil && !rescued && hg.winner.CompareAndSwap(0, hedgeWon) {
+	cut := peer.End(&hg.flight) // the first attempt goes on: a cut hedge is only lost
+	if err == nil && cut == nil && hg.winner.CompareAndSwap(0, hedgeWon) {
 		hg.res = res // its backend is released when its body is closed
 		hg.cancelFirst(errHedgeWon)
 		hg.done <- struct{}{}
@@ -327,7 +327,7 @@ func (hg *hedger) fire() {
 	case err == nil:
 		answered(peer, res) // alive, only late
 		res.Body.Close()
-	case !rescued && context.Cause(ctx) != errHedgeLost && hg.parent.Err() == nil:
+	case cut == nil && context.Cause(ctx) != errHedgeLost && hg.parent.Err() == nil:
 		peer.Probe() // failed by itself: a heartbeat tells why
 	}
 	cancel(nil)

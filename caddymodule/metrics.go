@@ -38,7 +38,11 @@ var (
 	}, []string{"pool", "backend"})
 	mRescuesDenied = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "rescues_denied_total",
-		Help: "Requests in flight on a backend suspected or ejected for a hang that the retry budget did not let be replayed: they failed.",
+		Help: "Requests in flight on a backend suspected or ejected for a hang that the retry budget did not let be replayed: they wait on, and are abandoned if the backend is ejected for the hang.",
+	}, []string{"pool"})
+	mAbandoned = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "failover", Name: "abandoned_total",
+		Help: "Requests in flight on a backend ejected for a hang that could not be replayed (not idempotent, or refused by the retry budget): answered 502 at once rather than left waiting for the restart.",
 	}, []string{"pool"})
 	mHedges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "failover", Name: "hedges_total",
@@ -130,7 +134,7 @@ func (poolCollector) Collect(ch chan<- prometheus.Metric) {
 
 // registerMetrics registers failover's metrics in a config's registry.
 func registerMetrics(reg *prometheus.Registry) error {
-	for _, c := range []prometheus.Collector{mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mRescuesDenied, mHedges, mHoldSeconds,
+	for _, c := range []prometheus.Collector{mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mRescuesDenied, mAbandoned, mHedges, mHoldSeconds,
 		mHoldExpired, mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency,
 		mPeerDeferred, mPeerFacts, mStorageErrors, poolCollector{}} {
 		if err := reg.Register(c); err != nil {
@@ -147,7 +151,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 func forgetPool(name string) {
 	l := prometheus.Labels{"pool": name}
 	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-		mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mRescuesDenied, mHedges, mHoldSeconds, mHoldExpired,
+		mEjections, mEjectionDelay, mReplays, mRescued, mFalseSuspicions, mRescuesDenied, mAbandoned, mHedges, mHoldSeconds, mHoldExpired,
 		mRestarts, mRestartDuration, mHeartbeats, mHeartbeatLatency,
 		mPeerDeferred, mPeerFacts, mStorageErrors,
 	} {

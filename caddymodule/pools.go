@@ -68,6 +68,13 @@ func acquirePool(addrs []string, source string, cfg healthcheck.Config, tlsKey s
 		m := newMember(p, obs)
 		obs.restartOver = m.restartOver
 		rp := runningPool{p, new(atomic.Int64), obs, new(poolOps), newBudget(), new(latencies), nil, m}
+		p.SetRescueBudget(func() bool {
+			if rp.budget.allow() {
+				return true
+			}
+			mRescuesDenied.WithLabelValues(obs.Name()).Inc()
+			return false
+		})
 		if source != "" {
 			rp.dyn = newDynamicPool(p, rp.obs)
 		}

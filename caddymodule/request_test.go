@@ -97,6 +97,43 @@ func do(ctx context.Context, h *Handler, method string, body []byte, hdr http.He
 
 // statusOf is the status a handler's answer has: its error's, or the
 // written one.
+// hungPair starts a handler (pool name, if not empty) in front of two
+// hangable backends, the first of which is returned, both in service.
+func hungPair(t *testing.T, name string) (*hangable, *Handler) {
+	hung := &hangable{stop: make(chan struct{})}
+	a, b := httptest.NewServer(hung), httptest.NewServer(&hangable{stop: make(chan struct{})})
+	t.Cleanup(b.Close)
+	t.Cleanup(a.Close)
+	t.Cleanup(func() { close(hung.stop) })
+	named := ""
+	if name != "" {
+		named = `"name":"` + name + `",`
+	}
+	h := startedHandler(t, `{`+named+`"upstreams":`+upstreams(a.Listener.Addr().String(), b.Listener.Addr().String())+
+		`,"health":{"interval":"50ms","timeout":"50ms"}}`)
+	waitServing(t, h, 2)
+	return hung, h
+}
+
+// doTwice sends two requests at once and returns their statuses.
+func doTwice(t *testing.T, h *Handler, method string, body []byte) []int {
+	statuses := make(chan int, 2)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			w, err := do(t.Context(), h, method, body, nil)
+			statuses <- statusOf(w, err)
+		})
+	}
+	wg.Wait()
+	close(statuses)
+	var got []int
+	for s := range statuses {
+		got = append(got, s)
+	}
+	return got
+}
+
 func statusOf(w *httptest.ResponseRecorder, err error) int {
 	if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok {
 		return he.StatusCode
@@ -274,14 +311,7 @@ func (s *hangable) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // suspected (or ejected) for the hang and the GET replayed on its peer at
 // once.
 func TestRescueFromAHungBackend(t *testing.T) {
-	hung := &hangable{stop: make(chan struct{})}
-	a, b := httptest.NewServer(hung), httptest.NewServer(&hangable{stop: make(chan struct{})})
-	t.Cleanup(b.Close)
-	t.Cleanup(a.Close)
-	t.Cleanup(func() { close(hung.stop) })
-	h := startedHandler(t, `{"upstreams":`+upstreams(a.Listener.Addr().String(), b.Listener.Addr().String())+
-		`,"health":{"interval":"50ms","timeout":"50ms"}}`)
-	waitServing(t, h, 2)
+	hung, h := hungPair(t, "")
 	hung.hung.Store(true)
 	// round robin: of two requests in a row, one goes to the hung backend
 	var wg sync.WaitGroup
@@ -299,6 +329,55 @@ func TestRescueFromAHungBackend(t *testing.T) {
 		st, reason, _ := h.pool.Backends()[0].State()
 		return st == healthcheck.Ejected && reason == healthcheck.Hang
 	}, 5*time.Second, 5*time.Millisecond, "ejected(hang)")
+}
+
+// A POST in flight on a backend that hangs cannot be replayed: it waits
+// through the suspicion, and once the backend is ejected for the hang it is
+// answered 502 at once rather than left to wait for the restart (here the
+// hung backend never lets go by itself).
+func TestPOSTOnAHungBackendIsAbandoned(t *testing.T) {
+	hung, h := hungPair(t, "abandon")
+	hung.hung.Store(true)
+	// round robin: one of two requests at once goes to the hung backend
+	assert.ElementsMatch(t, []int{http.StatusOK, http.StatusBadGateway}, doTwice(t, h, http.MethodPost, []byte("order")))
+	assert.True(t, hung.served.Load(), "a POST reached the hung backend")
+	st, reason, _ := h.pool.Backends()[0].State()
+	assert.Equal(t, healthcheck.Ejected, st, "abandoned at the ejection")
+	assert.Equal(t, healthcheck.Hang, reason)
+	assert.Equal(t, 1.0, counterValue(mAbandoned.WithLabelValues("abandon")))
+	assert.Equal(t, 0.0, counterValue(mRescued.WithLabelValues("abandon")))
+}
+
+// A request that may not be replayed passes over a backend that is
+// hushed (a request waits on it, nothing heard from it lately: maybe
+// frozen a moment ago), while another will do; once it answers, it gets
+// them again.
+func TestPOSTsPassOverAHushedBackend(t *testing.T) {
+	named := func(name string) *httptest.Server {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) }))
+		t.Cleanup(s.Close)
+		return s
+	}
+	a, b := named("a"), named("b")
+	h := startedHandler(t, `{"upstreams":`+upstreams(a.Listener.Addr().String(), b.Listener.Addr().String())+`}`)
+	waitServing(t, h, 2)
+	first := h.pool.Backends()[0]
+	f := &healthcheck.Flight{} // a request that waits on a and gets no answer
+	first.Begin(f)
+	require.Eventually(t, func() bool { return first.Hushed(time.Now()) }, 10*time.Second, time.Millisecond)
+	for range 6 {
+		w, err := do(t.Context(), h, http.MethodPost, []byte("order"), nil)
+		require.NoError(t, err)
+		assert.Equal(t, "b", w.Body.String(), "a POST went to the hushed backend")
+	}
+	require.NoError(t, first.End(f))
+	got := map[string]int{}
+	for range 6 {
+		w, err := do(t.Context(), h, http.MethodPost, []byte("order"), nil)
+		require.NoError(t, err)
+		got[w.Body.String()]++
+	}
+	assert.Equal(t, map[string]int{"a": 3, "b": 3}, got, "round robin again")
 }
 
 // One backend that crashes mid-request and comes back: the GET is held

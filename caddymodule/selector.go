@@ -34,13 +34,15 @@ func (s *selector) Select(_ reverseproxy.UpstreamPool, r *http.Request, _ http.R
 		// its loop at once
 		return endLoop
 	}
+	// a request that may not be replayed avoids hushed backends
+	careful := !h.replayable(r)
 	for !st.stopped {
 		m := h.members.Load()
 		if st.attempts-st.free > m.retries(h.retries) {
 			break
 		}
 		ready := h.pool.Ready()
-		if i := s.pick(st, m.backends); i >= 0 {
+		if i := s.pick(st, m.backends, careful); i >= 0 {
 			b := m.backends[i]
 			st.tried = append(st.tried, tried{b, b.Gen()})
 			st.current = b
@@ -73,18 +75,23 @@ var endLoop = &reverseproxy.Upstream{Dial: "failover.stopped:1-2"}
 // pick returns the next backend in service that st has not failed on, or -1.
 // A backend on probation (slow start) takes only its share of its turns,
 // and a quiet one (requests wait on it, no answer lately: maybe frozen)
-// none, unless nothing else is left.
-func (s *selector) pick(st *requestState, backends []*healthcheck.Backend) int {
+// none, unless nothing else is left; with careful (a request that may not
+// be replayed), nor does a hushed one (healthcheck.Backend.Hushed).
+func (s *selector) pick(st *requestState, backends []*healthcheck.Backend, careful bool) int {
 	n := len(backends)
 	if n == 0 {
 		return -1
+	}
+	var now time.Time
+	if careful {
+		now = time.Now()
 	}
 	i := int(s.next.Add(1) % uint64(n))
 	fallback := -1
 	for range n {
 		b := backends[i]
 		if b.InService() && !st.hasTried(b, b.Gen()) {
-			if !b.Quiet() && (!b.InProbation() || rand.Float64() < b.Share(time.Now())) {
+			if !b.Quiet() && !(careful && b.Hushed(now)) && (!b.InProbation() || rand.Float64() < b.Share(time.Now())) {
 				return i
 			}
 			if fallback < 0 {

@@ -51,37 +51,36 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // attempt sends one attempt of a request to b. It returns the answer and
-// the backend that gave it: b, or a hedge's (hedge.go).
+// the backend that gave it: b, or a hedge's (hedge.go). The attempt is
+// registered as a flight on b, with a context of its own, so that a hang
+// of b cuts it (healthcheck.Flight): a replayable one is replayed at once,
+// another answered 502 as soon as b is confirmed hung.
 func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.Backend) (*http.Response, *healthcheck.Backend, error) {
-	if !t.h.replayable(req) {
-		// registered without a cancel: never rescued, but seen waiting,
-		// so that a frozen backend is suspected and gets no more
-		st.flight.Cancel = nil
-		b.Begin(&st.flight)
-		res, err := t.inner.RoundTrip(req)
-		b.End(&st.flight)
-		if err != nil {
-			return nil, b, t.failed(req.Context(), b, st, err, false)
-		}
-		answered(b, res)
-		return res, b, nil
-	}
+	replayable := t.h.replayable(req)
 	parent := req.Context()
 	ctx, cancel := context.WithCancelCause(parent)
-	st.flight.Cancel = cancel
+	st.flight.Cancel, st.flight.Replayable = cancel, replayable
 	b.Begin(&st.flight)
-	res, by, err := t.roundTrip(req.WithContext(ctx), parent, st, b)
-	if b.End(&st.flight) && parent.Err() == nil && by == b {
+	var (
+		res *http.Response
+		by  = b
+		err error
+	)
+	if replayable {
+		res, by, err = t.roundTrip(req.WithContext(ctx), parent, st, b)
+	} else {
+		res, err = t.inner.RoundTrip(req.WithContext(ctx))
+	}
+	if cut := b.End(&st.flight); cut != nil && parent.Err() == nil && by == b {
 		// suspected or ejected for a hang while in flight: nothing reached
-		// the client yet, so throw away whatever came and replay at once, if the
-		// pool's retry budget allows an extra attempt
+		// the client yet, so throw away whatever came
 		if res != nil {
 			res.Body.Close()
 		}
-		err := fmt.Errorf("%s: %w", b.Addr, healthcheck.ErrRescued)
-		if !t.h.budget.allow() {
-			mRescuesDenied.WithLabelValues(t.h.obs.Name()).Inc()
-			return nil, b, err
+		err := fmt.Errorf("%s: %w", b.Addr, cut)
+		if cut == healthcheck.ErrAbandoned {
+			mAbandoned.WithLabelValues(t.h.obs.Name()).Inc()
+			return nil, b, err // a 502 (not a DialError: never replayed)
 		}
 		st.freeAttempt(t.h.hold)
 		t.h.replayed(b, "rescued")
@@ -90,7 +89,7 @@ func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.
 	}
 	if err != nil {
 		cancel(nil)
-		return nil, b, t.failed(parent, b, st, err, true)
+		return nil, b, t.failed(parent, b, st, err, replayable)
 	}
 	answered(by, res)
 	return res, by, nil

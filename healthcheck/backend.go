@@ -31,6 +31,8 @@ type Backend struct {
 	answered atomic.Int64
 	// heard is when b last answered a heartbeat (UnixNano).
 	heard atomic.Int64
+	// busySince is when b last went from no flight to one (UnixNano).
+	busySince atomic.Int64
 	// sus is the watchdog's record of b (suspect.go)
 	sus suspicion
 
@@ -171,16 +173,23 @@ func (b *Backend) wakeIdle() {
 }
 
 // Flight is a request in flight on a backend. It is registered so that the
-// watchdog sees how long it waits (suspect.go), and, when it may be
-// replayed, so that a suspicion or an ejection for a hang can cancel it at
-// once instead of leaving its client to sit out a response timeout.
+// watchdog sees how long it waits (suspect.go), and so that a hang does not
+// leave its client to sit out a response timeout: a suspicion or an
+// ejection for a hang rescues a replayable one (cancelled with ErrRescued,
+// to be replayed on a peer at once) while the pool's rescue budget allows,
+// and an ejection for a hang abandons every other (cancelled with
+// ErrAbandoned, to be answered 502 at once: its backend is confirmed hung
+// and is about to be killed, so no answer is coming).
 type Flight struct {
-	// Cancel cancels a replayable request's attempt; nil: not replayable,
-	// never rescued (it only counts as waiting).
-	Cancel  context.CancelCauseFunc
-	start   time.Time
-	slot    int
-	rescued bool
+	// Cancel cancels the attempt; nil: the flight is never cut, it only
+	// counts as waiting.
+	Cancel context.CancelCauseFunc
+	// Replayable: the request may be sent again elsewhere.
+	Replayable bool
+	start      time.Time
+	slot       int
+	cut        error
+	denied     bool // the rescue budget kept it: it is not asked twice
 }
 
 // Begin registers f as in flight on b.
@@ -188,7 +197,10 @@ func (b *Backend) Begin(f *Flight) {
 	b.flightMu.Lock()
 	f.start = time.Now()
 	f.slot = len(b.flights)
-	f.rescued = false
+	f.cut, f.denied = nil, false
+	if len(b.flights) == 0 {
+		b.busySince.Store(f.start.UnixNano())
+	}
 	b.flights = append(b.flights, f)
 	b.nFlights.Store(int32(len(b.flights)))
 	b.flightMu.Unlock()
@@ -197,15 +209,15 @@ func (b *Backend) Begin(f *Flight) {
 	}
 }
 
-// End removes f from b's flights. It reports whether f was rescued (its
-// Cancel called with ErrRescued) before it ended: then whatever the attempt
-// got must be thrown away and the request replayed. After End returns, f is
+// End removes f from b's flights. It returns why f was cut (its Cancel
+// called) before it ended, ErrRescued or ErrAbandoned, or nil: when cut,
+// whatever the attempt got must be thrown away. After End returns, f is
 // never touched again, so it may be reused.
-func (b *Backend) End(f *Flight) (rescued bool) {
+func (b *Backend) End(f *Flight) (cut error) {
 	b.flightMu.Lock()
 	defer b.flightMu.Unlock()
-	if f.rescued {
-		return true
+	if f.cut != nil {
+		return f.cut
 	}
 	last := len(b.flights) - 1
 	moved := b.flights[last]
@@ -217,7 +229,7 @@ func (b *Backend) End(f *Flight) (rescued bool) {
 	if last == 0 {
 		b.sus.setQuiet(false) // nothing waits: not quiet, whatever the last look saw
 	}
-	return false
+	return nil
 }
 
 // stuck reports whether a registered flight has waited longer than d: with
@@ -249,29 +261,45 @@ func (b *Backend) oldest() time.Time {
 	return t
 }
 
-// rescue cancels every replayable flight with ErrRescued (the transport
-// then asks the retry budget whether it is replayed); the others stay
-// registered. The cancel funcs are taken under the lock, so a flight that
-// ended first is never touched.
-func (b *Backend) rescue() int {
+// cut ends the flights of a backend suspected or ejected for a hang: each
+// replayable one is rescued if allow (the rescue budget; nil: always) lets
+// it, asked once per flight, and with abandon (an ejection: the backend is
+// confirmed hung) every other is abandoned. What is neither stays registered. The cancel
+// funcs are taken under the lock, so a flight that ended first is never
+// touched, and called after it.
+func (b *Backend) cut(allow func() bool, abandon bool) (rescued, abandoned int) {
 	b.flightMu.Lock()
-	var cancels []context.CancelCauseFunc
+	type cancel struct {
+		f     context.CancelCauseFunc
+		cause error
+	}
+	var cancels []cancel
 	kept := b.flights[:0]
 	for _, f := range b.flights {
-		if f.Cancel == nil {
+		switch {
+		case f.Cancel == nil:
+		case f.Replayable && !f.denied && (allow == nil || allow()):
+			f.cut = ErrRescued
+			rescued++
+		case f.Replayable && !abandon:
+			f.denied = true
+		case abandon:
+			f.cut = ErrAbandoned
+			abandoned++
+		}
+		if f.cut == nil {
 			f.slot = len(kept)
 			kept = append(kept, f)
 			continue
 		}
-		cancels = append(cancels, f.Cancel)
-		f.rescued = true
+		cancels = append(cancels, cancel{f.Cancel, f.cut})
 	}
 	clear(b.flights[len(kept):])
 	b.flights = kept
 	b.nFlights.Store(int32(len(kept)))
 	b.flightMu.Unlock()
-	for _, cancel := range cancels {
-		cancel(ErrRescued)
+	for _, c := range cancels {
+		c.f(c.cause)
 	}
-	return len(cancels)
+	return rescued, abandoned
 }

@@ -32,7 +32,7 @@ func TestFlightsBeginEnd(t *testing.T) {
 	fs := make([]*Flight, n)
 	live := map[*Flight]bool{}
 	for i := range fs {
-		fs[i] = &Flight{Cancel: func(error) { t.Error("cancelled without a rescue") }}
+		fs[i] = &Flight{Cancel: func(error) { t.Error("cancelled without a rescue") }, Replayable: true}
 		b.Begin(fs[i])
 		live[fs[i]] = true
 		require.Equal(t, len(live), b.InFlight())
@@ -42,7 +42,7 @@ func TestFlightsBeginEnd(t *testing.T) {
 	for round := 0; round < 3; round++ {
 		rand.Shuffle(n, func(i, j int) { fs[i], fs[j] = fs[j], fs[i] })
 		for i, f := range fs {
-			require.False(t, b.End(f))
+			require.NoError(t, b.End(f))
 			delete(live, f)
 			if i%7 == 0 {
 				b.Begin(f) // a flight is reusable after End
@@ -51,7 +51,7 @@ func TestFlightsBeginEnd(t *testing.T) {
 			checkFlights(t, b, live)
 		}
 		for f := range live {
-			require.False(t, b.End(f))
+			require.NoError(t, b.End(f))
 			delete(live, f)
 		}
 		require.Zero(t, b.InFlight())
@@ -66,13 +66,13 @@ func TestFlightsEndLastAndOnly(t *testing.T) {
 	b := NewPool([]string{"a:1"}, Config{}, nil).Backends()[0]
 	f, g := &Flight{}, &Flight{}
 	b.Begin(f)
-	require.False(t, b.End(f))
+	require.NoError(t, b.End(f))
 	require.Zero(t, b.InFlight())
 	b.Begin(f)
 	b.Begin(g)
-	require.False(t, b.End(g)) // the last one: swapped with itself
+	require.NoError(t, b.End(g)) // the last one: swapped with itself
 	checkFlights(t, b, map[*Flight]bool{f: true})
-	require.False(t, b.End(f))
+	require.NoError(t, b.End(f))
 	require.Zero(t, b.InFlight())
 }
 
@@ -86,12 +86,12 @@ func TestFlightsConcurrent(t *testing.T) {
 			mine := make([]*Flight, 0, 16)
 			for i := 0; i < 2000; i++ {
 				if len(mine) < 16 && (len(mine) == 0 || rand.IntN(2) == 0) {
-					f := &Flight{Cancel: func(error) {}}
+					f := &Flight{Cancel: func(error) {}, Replayable: true}
 					b.Begin(f)
 					mine = append(mine, f)
 				} else {
 					k := rand.IntN(len(mine))
-					if b.End(mine[k]) {
+					if b.End(mine[k]) != nil {
 						t.Error("ended flight reported rescued")
 					}
 					mine[k] = mine[len(mine)-1]
@@ -127,7 +127,8 @@ func TestFlightsRescueRace(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			rescues.Add(int64(b.rescue()))
+			n, _ := b.cut(nil, false)
+			rescues.Add(int64(n))
 		}
 	}()
 	var workers sync.WaitGroup
@@ -137,9 +138,9 @@ func TestFlightsRescueRace(t *testing.T) {
 			defer workers.Done()
 			for i := 0; i < 3000; i++ {
 				ctx, cancel := context.WithCancelCause(context.Background())
-				f := &Flight{Cancel: cancel}
+				f := &Flight{Cancel: cancel, Replayable: true}
 				b.Begin(f)
-				r := b.End(f)
+				r := b.End(f) != nil
 				mu.Lock()
 				recs = append(recs, rec{ctx, r})
 				mu.Unlock()
@@ -191,35 +192,35 @@ func TestRescueOnHangOnly(t *testing.T) {
 				}{{bs[0], &on0}, {bs[1], &on1}} {
 					ctx, cancel := context.WithCancelCause(context.Background())
 					t.Cleanup(func() { cancel(nil) })
-					f := &Flight{Cancel: cancel}
+					f := &Flight{Cancel: cancel, Replayable: true}
 					x.b.Begin(f)
 					*x.to = append(*x.to, fl{f, ctx})
 				}
 			}
-			require.False(t, bs[0].End(on0[4].f)) // ended before: untouched
+			require.NoError(t, bs[0].End(on0[4].f)) // ended before: untouched
 			feed(p, bs[0], c.ev...)
 			rec.ejected(0, c.reason)
 			for i, x := range on0[:4] {
 				if c.rescue {
 					assert.ErrorIs(t, context.Cause(x.ctx), ErrRescued, "flight %d", i)
-					assert.True(t, bs[0].End(x.f), "End after a rescue reports it")
-					assert.True(t, bs[0].End(x.f), "and does not panic when repeated")
+					assert.ErrorIs(t, bs[0].End(x.f), ErrRescued, "End after a rescue reports it")
+					assert.ErrorIs(t, bs[0].End(x.f), ErrRescued, "and does not panic when repeated")
 				} else {
 					assert.NoError(t, x.ctx.Err())
-					assert.False(t, bs[0].End(x.f))
+					assert.NoError(t, bs[0].End(x.f))
 				}
 			}
 			assert.NoError(t, on0[4].ctx.Err())
 			assert.Zero(t, bs[0].InFlight())
 			for _, x := range on1 { // the other backend's flights are left alone
 				assert.NoError(t, x.ctx.Err())
-				assert.False(t, bs[1].End(x.f))
+				assert.NoError(t, bs[1].End(x.f))
 			}
 			// a rescued flight is reusable
 			f := on0[0].f
 			f.Cancel = func(error) {}
 			bs[0].Begin(f)
-			assert.False(t, bs[0].End(f))
+			assert.NoError(t, bs[0].End(f))
 		})
 	}
 }
@@ -229,45 +230,63 @@ func TestNoRescueWhenGuarded(t *testing.T) {
 	feed(p, bs[0], Pass)
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
-	f := &Flight{Cancel: cancel}
+	f := &Flight{Cancel: cancel, Replayable: true}
 	bs[0].Begin(f)
 	bs[0].Report(Timeout, errors.New("slow"))
 	feed(p, bs[0], Miss, Miss)
 	requireState(t, bs[0], Healthy, ReasonNone)
 	assert.NoError(t, ctx.Err())
-	assert.False(t, bs[0].End(f))
+	assert.NoError(t, bs[0].End(f))
 }
 
-// A rescue cancels only replayable flights (with a Cancel); the others
-// stay registered, at their own slots, and end as usual.
-func TestRescueKeepsWhatItMayNotReplay(t *testing.T) {
+// A suspicion rescues the replayable flights its budget lets go and keeps
+// the others, at their own slots; an ejection for a hang then abandons
+// what is left (a flight without a Cancel is never cut).
+func TestCutRescuesThenAbandons(t *testing.T) {
 	b := NewPool([]string{"a:1"}, Config{}, nil).Backends()[0]
-	cancelled := 0
+	causes := map[*Flight]error{}
 	live := map[*Flight]bool{}
-	var replayable, waiting []*Flight
-	for i := range 8 {
-		f := &Flight{}
-		if i%2 == 0 {
+	var all []*Flight
+	for i := range 9 {
+		f := &Flight{Replayable: i%3 != 2}
+		if i != 8 {
 			f.Cancel = func(cause error) {
-				assert.ErrorIs(t, cause, ErrRescued)
-				cancelled++
+				assert.Nil(t, causes[f], "cut twice")
+				causes[f] = cause
 			}
-			replayable = append(replayable, f)
-		} else {
-			waiting = append(waiting, f)
-			live[f] = true
 		}
+		all = append(all, f)
 		b.Begin(f)
+		live[f] = true
 	}
-	require.Equal(t, 4, b.rescue())
-	assert.Equal(t, 4, cancelled)
-	checkFlights(t, b, live)
-	for _, f := range replayable {
-		require.True(t, b.End(f))
+	// six replayable, three not (one of them without a Cancel); the budget
+	// lets four go
+	budget := 4
+	allow := func() bool { budget--; return budget >= 0 }
+	rescued, abandoned := b.cut(allow, false)
+	require.Equal(t, 4, rescued)
+	require.Zero(t, abandoned)
+	for f := range causes {
+		assert.ErrorIs(t, causes[f], ErrRescued)
+		assert.True(t, f.Replayable)
+		delete(live, f)
 	}
 	checkFlights(t, b, live)
-	for _, f := range waiting {
-		require.False(t, b.End(f), "a request that may not be replayed is never rescued")
+
+	rescued, abandoned = b.cut(func() bool { t.Error("a flight the budget kept is asked again"); return true }, true)
+	require.Zero(t, rescued)
+	require.Equal(t, 4, abandoned, "two replayable ones the budget kept, two that may not be replayed")
+	require.Len(t, causes, 8)
+	for _, f := range all {
+		switch {
+		case f.Cancel == nil:
+			assert.NoError(t, b.End(f), "no Cancel: never cut")
+		case causes[f] == ErrRescued:
+			assert.ErrorIs(t, b.End(f), ErrRescued)
+		default:
+			assert.ErrorIs(t, causes[f], ErrAbandoned)
+			assert.ErrorIs(t, b.End(f), ErrAbandoned)
+		}
 	}
 	require.Zero(t, b.InFlight())
 }
@@ -293,4 +312,28 @@ func TestQuiet(t *testing.T) {
 	assert.False(t, look(quiet), "a heartbeat answered")
 	b.End(f)
 	assert.False(t, look(time.Hour), "nothing waits")
+}
+
+// Hushed: requests wait and nothing was heard for longer than the backend
+// usually stays silent while busy, measured at the call, not at a look.
+func TestHushed(t *testing.T) {
+	p := NewPool([]string{"a:1", "b:1"}, Config{}, nil)
+	b := p.Backends()[0]
+	now := time.Now()
+	assert.False(t, b.Hushed(now.Add(time.Hour)), "nothing waits")
+	f := &Flight{}
+	b.Begin(f)
+	assert.False(t, b.Hushed(time.Now()), "busy just now")
+	later := time.Now().Add(hushFloor * 2)
+	assert.True(t, b.Hushed(later), "silent past the floor while a request waits")
+	b.Answered()
+	assert.False(t, b.Hushed(time.Now()), "a live answer")
+	assert.True(t, b.Hushed(time.Now().Add(hushFloor*2)))
+	b.sus.hush.Store(int64(time.Hour)) // one that is usually silent long
+	assert.False(t, b.Hushed(time.Now().Add(hushFloor*2)), "its own usual silence")
+	b.sus.hush.Store(0)
+	b.heard.Store(time.Now().Add(hushFloor * 2).UnixNano())
+	assert.False(t, b.Hushed(time.Now().Add(hushFloor*2)), "a heartbeat answered")
+	require.NoError(t, b.End(f))
+	assert.False(t, b.Hushed(time.Now().Add(time.Hour)), "nothing waits")
 }

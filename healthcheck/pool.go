@@ -47,6 +47,8 @@ type Pool struct {
 	restartWake chan struct{}
 	// dog watches requests in flight for hangs (suspect.go)
 	dog watchdog
+	// allowRescue is the rescue budget (SetRescueBudget); nil: none
+	allowRescue atomic.Pointer[func() bool]
 
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -147,6 +149,28 @@ func (p *Pool) OnTransition(f func(Transition)) {
 	p.mu.Lock()
 	p.hook = f
 	p.mu.Unlock()
+}
+
+// SetRescueBudget makes allow decide, for each replayable request in
+// flight on a backend suspected or ejected for a hang, whether it is
+// rescued (replayed on a peer at once): a budget of extra attempts keeps
+// rescues from multiplying load during an overload. A request not let go
+// waits on; if the backend is then ejected for the hang, it is abandoned
+// (see Flight). allow must be quick and take no lock of the pool's. The
+// latest call wins; nil: every one is rescued.
+func (p *Pool) SetRescueBudget(allow func() bool) {
+	if allow == nil {
+		p.allowRescue.Store(nil)
+		return
+	}
+	p.allowRescue.Store(&allow)
+}
+
+func (p *Pool) rescueBudget() func() bool {
+	if f := p.allowRescue.Load(); f != nil {
+		return *f
+	}
+	return nil
 }
 
 // Ready returns a channel that is closed the next time any backend enters

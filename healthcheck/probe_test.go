@@ -280,12 +280,12 @@ func TestReportTimeoutTriggersBeat(t *testing.T) {
 	b := p.Backends()[0]
 
 	ctx, cancel := context.WithCancelCause(context.Background())
-	f := &Flight{Cancel: cancel}
+	f := &Flight{Cancel: cancel, Replayable: true}
 	b.Begin(f)
 	b.Report(Timeout, context.DeadlineExceeded)
 	assert.Equal(t, Healthy, rec.ejected(0, Hang).From)
 	assert.ErrorIs(t, context.Cause(ctx), ErrRescued)
-	assert.True(t, b.End(f))
+	assert.ErrorIs(t, b.End(f), ErrRescued)
 	start := time.Now()
 	tr := rec.healthy(0) // the kicked beat, long before the next scheduled one
 	assert.Less(t, time.Since(start), 5*time.Second)
@@ -444,7 +444,7 @@ func TestSnapshotCountsBeatsAndFlights(t *testing.T) {
 	p, rec := startPool(t, []string{bk.addr()}, Config{Interval: 20 * time.Millisecond, Timeout: time.Second})
 	rec.healthy(0)
 	bk.awaitHits(t, 5)
-	f := &Flight{Cancel: func(error) {}}
+	f := &Flight{Cancel: func(error) {}, Replayable: true}
 	p.Backends()[0].Begin(f)
 	s := p.Snapshot()[0]
 	assert.GreaterOrEqual(t, s.Beats, uint64(5), "every beat is counted")

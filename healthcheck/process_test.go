@@ -186,20 +186,20 @@ func TestChildStoppedRescuesFlights(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		ctx, cancel := context.WithCancelCause(context.Background())
 		t.Cleanup(func() { cancel(nil) })
-		f := &Flight{Cancel: cancel}
+		f := &Flight{Cancel: cancel, Replayable: true}
 		b.Begin(f)
 		fs = append(fs, flight{f, ctx})
 	}
-	done := &Flight{Cancel: func(error) { t.Error("an ended flight was cancelled") }}
+	done := &Flight{Cancel: func(error) { t.Error("an ended flight was cancelled") }, Replayable: true}
 	b.Begin(done)
-	require.False(t, b.End(done))
+	require.NoError(t, b.End(done))
 
 	c.signal(t, syscall.SIGSTOP)
 	rec.ejected(0, Hang)
 	for _, x := range fs {
 		within(t, wait, x.ctx.Done(), "the rescue")
 		assert.ErrorIs(t, context.Cause(x.ctx), ErrRescued)
-		assert.True(t, b.End(x.f))
+		assert.ErrorIs(t, b.End(x.f), ErrRescued)
 	}
 	assert.Zero(t, b.InFlight())
 }

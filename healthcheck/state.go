@@ -40,7 +40,7 @@ const (
 	// Suspected: a request waits on it longer than its usual latency
 	// warrants, it answered nothing meanwhile and an urgent heartbeat went
 	// unanswered: out of service at once, its replayable requests rescued;
-	// its next answer readmits it, its next misses eject it (suspect.go).
+	// its next answer readmits it, its next miss ejects it (suspect.go).
 	Suspected
 )
 
@@ -134,6 +134,12 @@ type Transition struct {
 // backend suspected or ejected for a hang: it is to be replayed elsewhere
 // at once.
 var ErrRescued = errors.New("backend suspected or ejected for a hang while the request was in flight")
+
+// ErrAbandoned is the cancel cause of a request that cannot be replayed
+// (or that the rescue budget did not let be) and was in flight on a
+// backend ejected for a hang: no answer is coming, its client is told at
+// once.
+var ErrAbandoned = errors.New("backend ejected for a hang while the request was in flight; it cannot be replayed")
 
 // Evidence is what the engine learns about a backend; with the restart
 // policy's timers and an operator's actions, it drives the transition table

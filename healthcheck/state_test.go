@@ -395,7 +395,7 @@ func TestStuckFlightEjectsOnFirstMiss(t *testing.T) {
 
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
-	f := &Flight{Cancel: cancel}
+	f := &Flight{Cancel: cancel, Replayable: true}
 	bs[0].Begin(f)
 	feed(p, bs[0], Miss) // the flight is younger than Timeout
 	requireState(t, bs[0], Healthy, ReasonNone)
@@ -410,17 +410,17 @@ func TestStuckFlightEjectsOnFirstMiss(t *testing.T) {
 	requireState(t, bs[0], Ejected, Hang)
 	assert.Equal(t, Healthy, rec.ejected(0, Hang).From)
 	assert.ErrorIs(t, context.Cause(ctx), ErrRescued)
-	assert.True(t, bs[0].End(f))
+	assert.ErrorIs(t, bs[0].End(f), ErrRescued)
 
 	// guard still applies
-	g := &Flight{Cancel: func(error) {}}
+	g := &Flight{Cancel: func(error) {}, Replayable: true}
 	bs[1].Begin(g)
 	bs[1].flightMu.Lock()
 	g.start = g.start.Add(-time.Second)
 	bs[1].flightMu.Unlock()
 	feed(p, bs[1], Miss)
 	requireState(t, bs[1], Healthy, ReasonNone)
-	assert.False(t, bs[1].End(g))
+	assert.NoError(t, bs[1].End(g))
 }
 
 // Transitions reach the hook in the order they were made, without the

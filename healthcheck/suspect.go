@@ -29,17 +29,26 @@ import (
 // is only slow: it is left alone, and not asked again before twice the wait
 // has passed (doubling while no live answer comes). One that does not is
 // suspected (the input "suspect" of the transition table): out of service
-// at once, unless nothing else is in service, its replayable requests
-// rescued to peers, and its prober asked for a beat at once with the full
-// timeout. That beat's answer clears the suspicion (a pause, a slow beat:
-// counted as a false suspicion); its miss, a second witness, ejects it for
-// a hang, and the usual restart policy follows.
+// at once, unless nothing else is in service, and its replayable requests
+// rescued to peers. It is then asked once more, given until it has been
+// silent for confirmSilence (three quarters of the heartbeat timeout).
+// That beat's answer clears the suspicion (a pause, a slow beat: counted
+// as a false suspicion); its miss, a second witness, ejects it for a hang:
+// the requests it still holds, which cannot be replayed, are abandoned
+// (answered 502 at once; see Flight), and the usual restart policy
+// follows. A backend silent that long with requests waiting, which missed
+// two beats, is hung for its clients' purposes: waiting on until the
+// restart (restart_after) would only make them wait for the same failure,
+// and three quarters of the timeout keep a hang's cost to them under the
+// timeout even for requests that began before it.
 //
 // Before a suspicion, a backend is already passed over by the selector
 // while it is quiet (Quiet): requests wait on it and it has answered nothing
 // for half its threshold, as of the watchdog's last look. A frozen backend
-// then stops taking new requests (POSTs above all, which could not be
-// rescued) within about 15ms.
+// then stops taking new requests within about 15ms; requests that could
+// not be rescued (POSTs) stop going to it within a few milliseconds, as
+// soon as it is hushed (Hushed: silent longer than usual, asked at the
+// pick).
 //
 // The hot path pays nothing for this beyond what a request in flight
 // already pays (Begin's timestamp), one atomic load in Begin that wakes the
@@ -58,6 +67,14 @@ const (
 	// watchTick is how often the watchdog looks while requests are in
 	// flight: a suspicion is raised at most this late.
 	watchTick = 5 * time.Millisecond
+	// confirmSilence, times Config.Timeout, is how long a suspect may
+	// have been silent when its confirming beat times out.
+	confirmSilence = 0.75
+	// hushDevs and hushFloor: a backend is hushed (Hushed) when silent
+	// longer than its mean silence plus hushDevs mean deviations, and
+	// than hushFloor.
+	hushDevs  = 3
+	hushFloor = 2 * time.Millisecond
 	// maxBackoff bounds the doublings of the wait after urgent beats that
 	// answered: a backend slow for long is still asked every 64 thresholds.
 	maxBackoff = 6
@@ -94,6 +111,9 @@ type suspicion struct {
 	prober    *prober   // sends urgent beats; made at the first
 	// urgent: a beat is out (set by the watchdog, cleared by the beat)
 	urgent atomic.Bool
+	// hush is the silence past which b is hushed, ns (set by the
+	// watchdog, read by Hushed)
+	hush atomic.Int64
 }
 
 // threshold is the silence (and wait) past which b is worth asking, at
@@ -121,6 +141,22 @@ func (s *suspicion) learn(silence, threshold time.Duration) {
 // nor a heartbeat, for half its suspicion threshold: a backend to pass
 // over, if another will do, until it answers or is asked.
 func (b *Backend) Quiet() bool { return b.sus.quiet.Load() }
+
+// Hushed reports whether requests wait on b and it has answered nothing,
+// neither a request nor a heartbeat, for longer than it usually stays
+// silent while busy (see hushDevs), as of now. A request that may not be
+// replayed is better sent elsewhere then: unlike Quiet, which lags by up
+// to a watchTick and waits for half the suspicion threshold, this catches
+// a freeze within milliseconds, and every POST sent to a frozen backend
+// is one that fails. It costs a clock read, so the selector asks it of
+// such requests only.
+func (b *Backend) Hushed(now time.Time) bool {
+	if b.nFlights.Load() == 0 {
+		return false
+	}
+	last := max(b.answered.Load(), b.heard.Load(), b.busySince.Load())
+	return now.UnixNano()-last > max(b.sus.hush.Load(), int64(hushFloor))
+}
 
 // setQuiet writes quiet only when it changes: the selector reads it on
 // every request.
@@ -197,6 +233,7 @@ func (p *Pool) lookAt(b *Backend, now, oldest time.Time) {
 	waited := now.Sub(oldest)
 	threshold := s.threshold(p.cfg.Timeout)
 	s.learn(silent, threshold)
+	s.hush.Store(int64(s.mean + hushDevs*s.dev))
 	s.setQuiet(silent > threshold/2)
 	wait := threshold << s.backoff
 	if s.urgent.Load() || silent <= wait {
@@ -214,42 +251,56 @@ func (p *Pool) lookAt(b *Backend, now, oldest time.Time) {
 	go func() {
 		defer p.wg.Done()
 		defer s.urgent.Store(false)
-		p.urgentBeat(b, waited, silent)
+		p.urgentBeat(b, waited, now.Add(-silent))
 	}()
 }
 
 // urgentBeat asks b at once, on a new connection, with a short timeout:
-// no answer makes it a suspect; any answer is evidence as a beat's.
-func (p *Pool) urgentBeat(b *Backend, waited, silent time.Duration) {
-	pr := b.sus.prober
-	pr.cfg.Timeout = min(max(urgentFactor*time.Duration(b.lastBeat.Load()), urgentFloor), p.cfg.Timeout)
-	start := time.Now()
-	e, cause := pr.beat()
-	took := time.Since(start)
+// no answer makes it a suspect, to be confirmed or cleared by one more
+// beat; any answer is evidence as a beat's.
+func (p *Pool) urgentBeat(b *Backend, waited time.Duration, silentSince time.Time) {
+	e, cause := p.ask(b, min(max(urgentFactor*time.Duration(b.lastBeat.Load()), urgentFloor), p.cfg.Timeout))
 	if p.ctx.Err() != nil {
 		return
 	}
-	if pr.onBeat != nil {
-		pr.onBeat(b, e, took)
-	}
 	if e != Miss {
-		if e != Gone {
-			b.heard.Store(time.Now().UnixNano())
-		}
 		p.observe(b, e, cause) // only slow (or crashed, or draining)
 		return
 	}
-	p.suspect(b, fmt.Errorf("a request waited %v with no answer for %v, and an urgent heartbeat: %w",
-		waited.Round(time.Millisecond), silent.Round(time.Millisecond), cause))
+	silent := time.Since(silentSince)
+	if !p.suspect(b, fmt.Errorf("a request waited %v with no answer for %v, and an urgent heartbeat: %w",
+		waited.Round(time.Millisecond), silent.Round(time.Millisecond), cause)) {
+		return // the panic guard kept it: the beats that follow decide
+	}
+	limit := time.Duration(confirmSilence * float64(p.cfg.Timeout))
+	e, cause = p.ask(b, max(limit-silent, urgentFloor))
+	if p.ctx.Err() == nil {
+		p.observe(b, e, cause)
+	}
 }
 
-// suspect applies the input "suspect" to b, rescues its requests if it
-// is now out of service, and asks its prober for a beat at once: with the
-// full timeout, it clears or confirms the suspicion.
-func (p *Pool) suspect(b *Backend, cause error) {
+// ask sends b one beat, on a new connection, with the given timeout, and
+// tells the OnBeat hook.
+func (p *Pool) ask(b *Backend, timeout time.Duration) (Evidence, error) {
+	pr := b.sus.prober
+	pr.cfg.Timeout = timeout
+	start := time.Now()
+	e, cause := pr.beat()
+	if pr.onBeat != nil && p.ctx.Err() == nil {
+		pr.onBeat(b, e, time.Since(start))
+	}
+	if e != Miss && e != Gone {
+		b.heard.Store(time.Now().UnixNano())
+	}
+	return e, cause
+}
+
+// suspect applies the input "suspect" to b and rescues its replayable
+// requests if it is now out of service, which it reports.
+func (p *Pool) suspect(b *Backend, cause error) bool {
 	p.mu.Lock()
-	rescue, guarded := p.apply(b, inSuspect, cause)
+	cuts, guarded := p.apply(b, inSuspect, cause)
 	p.unlock()
-	p.settle(b, "suspect", cause, rescue, guarded)
-	b.Probe()
+	p.settle(b, "suspect", cause, cuts, guarded)
+	return cuts != cutNone
 }

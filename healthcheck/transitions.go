@@ -57,6 +57,11 @@ import (
 //	  no panic guard: the process is being restarted
 //	¹¹ the lease runs until the peer's ends, if later
 //
+// Requests in flight (Flight): into suspected, the replayable ones are
+// rescued while the rescue budget allows; into ejected(hang), from any
+// state, the replayable ones not yet asked are rescued and the others
+// abandoned (settle). No other transition touches them.
+//
 // A draining backend whose process is being replaced (ReturnOnNewProcess)
 // takes "return" by itself at its first pass on a connection made since:
 // the replacement answers (the old process, on its old connection, does not
@@ -109,34 +114,47 @@ func (p *Pool) observe(b *Backend, e Evidence, cause error) {
 		b.awaitConn = 0
 		p.apply(b, inReturn, nil)
 	}
-	rescue, guarded := p.apply(b, input(e), cause)
+	cuts, guarded := p.apply(b, input(e), cause)
 	p.unlock()
-	p.settle(b, e.String(), cause, rescue, guarded)
+	p.settle(b, e.String(), cause, cuts, guarded)
 }
 
 // settle does, with p.mu released, what apply asked for: log a new panic
-// guard, rescue the flights of a backend suspected or ejected for a hang.
-func (p *Pool) settle(b *Backend, evidence string, cause error, rescue, guarded bool) {
+// guard, cut the flights of a backend suspected or ejected for a hang.
+func (p *Pool) settle(b *Backend, evidence string, cause error, cuts cutting, guarded bool) {
 	if guarded {
 		p.logger().Error("panic guard: keeping the last backend in service despite failed health checks; check health_uri and the network",
 			zap.String("backend", b.Addr), zap.String("evidence", evidence), zap.Error(cause))
 	}
-	if rescue {
-		if n := b.rescue(); n > 0 {
-			p.logger().Info("replaying requests in flight on a hung backend",
-				zap.String("backend", b.Addr), zap.Int("requests", n))
-		}
+	if cuts == cutNone {
+		return
+	}
+	if rescued, abandoned := b.cut(p.rescueBudget(), cuts == cutAll); rescued+abandoned > 0 {
+		p.logger().Info("cutting requests in flight on a hung backend",
+			zap.String("backend", b.Addr), zap.Int("replayed", rescued), zap.Int("abandoned", abandoned))
 	}
 }
+
+// cutting is what a transition does to a backend's flights (Flight).
+type cutting uint8
+
+const (
+	cutNone cutting = iota
+	// cutRescue: suspected; its replayable flights are rescued
+	cutRescue
+	// cutAll: ejected for a hang; its replayable flights are rescued,
+	// the others abandoned
+	cutAll
+)
 
 // evidenceReason is the reason a piece of bad evidence ejects for.
 var evidenceReason = [...]Reason{Miss: Hang, Timeout: Hang, WrongStatus: BadStatus, Gone: Crash}
 
 // apply is the state machine: every transition of every backend is made
-// here, under p.mu. It reports whether b was suspected or ejected for a
-// hang (its flights are to be rescued) and whether the panic guard kept b
-// in service for a new reason (to be logged).
-func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
+// here, under p.mu. It reports what is to become of b's flights (suspected
+// or ejected for a hang: cut) and whether the panic guard kept b in
+// service for a new reason (to be logged).
+func (p *Pool) apply(b *Backend, in input, cause error) (cuts cutting, guarded bool) {
 	s, r := b.state, b.reason
 	held := s == Draining || s == Maint // evidence only counts
 	announced := s == Draining && r == Announced
@@ -185,14 +203,16 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 			if e == Gone {
 				p.set(b, Ejected, Crash, cause) // proof: no panic guard
 			} else if e == Timeout || b.fails >= p.cfg.Fails {
-				rescue, guarded = p.ejectGuarded(b, to, cause)
+				cuts, guarded = p.ejectGuarded(b, to, cause)
 			}
 		case s == Suspected:
 			// already out of service: no panic guard; a miss confirms the
 			// urgent beat's, and an answer that is not a pass is no way
 			// back to service
 			p.set(b, Ejected, to, cause)
-			rescue = to == Hang // what began just before, or was not let go
+			if to == Hang { // what began just before, or was not let go
+				cuts = cutAll
+			}
 		case s == Ejected:
 			// later evidence updates the reason: any answer ends a hang or
 			// a crash, a refusal proves the process gone, and a crashed or
@@ -244,7 +264,7 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 		b.passes = 0
 		if p.inService > 1 { // the panic guard: nothing else in service
 			p.set(b, Suspected, ReasonNone, cause)
-			rescue = true
+			cuts = cutRescue
 		}
 	case inReturn:
 		if held {
@@ -257,7 +277,7 @@ func (p *Pool) apply(b *Backend, in input, cause error) (rescue, guarded bool) {
 		panic(fmt.Sprintf("healthcheck: unknown input %d", in))
 	}
 	b.steady.Store(b.state.InService() && b.fails == 0 && b.misses == 0 && b.guarded == ReasonNone)
-	return rescue, guarded
+	return cuts, guarded
 }
 
 // admit is the transition into service: unknown or suspected → healthy,
@@ -288,20 +308,24 @@ func (p *Pool) learnRestart(b *Backend) {
 // ejectGuarded ejects b on evidence that does not prove its process gone,
 // unless b is the last backend in service: heartbeat misses alone must never
 // take the whole pool out (a wrong health path or a slow network would then
-// be a total outage). It reports whether b was ejected for a hang, and
-// whether the guard now keeps b in for a new reason (the latest evidence:
-// a guarded hang that answers a bad status is no longer to be restarted).
-func (p *Pool) ejectGuarded(b *Backend, r Reason, cause error) (rescue, guarded bool) {
+// be a total outage). It reports what becomes of b's flights (ejected for
+// a hang: all cut), and whether the guard now keeps b in for a new reason
+// (the latest evidence: a guarded hang that answers a bad status is no
+// longer to be restarted).
+func (p *Pool) ejectGuarded(b *Backend, r Reason, cause error) (cuts cutting, guarded bool) {
 	if p.inService <= 1 {
 		if b.guarded == r {
-			return false, false
+			return cutNone, false
 		}
 		b.guarded = r
 		p.wakeRestarts() // kept in, but maybe to be restarted
-		return false, true
+		return cutNone, true
 	}
 	p.set(b, Ejected, r, cause)
-	return r == Hang, false
+	if r == Hang {
+		cuts = cutAll
+	}
+	return cuts, false
 }
 
 // set records a transition, to be delivered once p.mu is released (see
