@@ -56,8 +56,8 @@ const (
 // lose that race half the time. One small read per pool per poll.
 const (
 	pollsPerBeat = 4
-	minPoll = 100 * time.Millisecond
-	maxPoll = 2 * time.Second
+	minPoll      = 100 * time.Millisecond
+	maxPoll      = 2 * time.Second
 )
 
 // configure applies the running config's settings; s nil turns sharing

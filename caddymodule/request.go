@@ -33,7 +33,10 @@ type requestState struct {
 	retired   bool // ended because the config was replaced while it held
 	stopped   bool
 	flight    healthcheck.Flight
-	triedBuf  [8]tried
+	// answer is the backend whose answer reverse_proxy is copying: it is
+	// in flight there until the request ends (Acquire)
+	answer   *healthcheck.Backend
+	triedBuf [8]tried
 }
 
 var statePool = sync.Pool{New: func() any { return new(requestState) }}
@@ -44,9 +47,25 @@ func getRequestState() *requestState {
 	return st
 }
 
+// putRequestState ends the request: its answer has been copied (reverse_proxy
+// copies it and closes its body before it returns), so its backend has one
+// request fewer in flight.
 func putRequestState(st *requestState) {
+	if st.answer != nil {
+		st.answer.ReleaseActive()
+	}
 	*st = requestState{}
 	statePool.Put(st)
+}
+
+// answered records the backend that answered an attempt. reverse_proxy
+// replays nothing that was answered, but should a later attempt be answered
+// too, the earlier answer is over.
+func (st *requestState) answered(b *healthcheck.Backend) {
+	if st.answer != nil {
+		st.answer.ReleaseActive()
+	}
+	st.answer = b
 }
 
 func (st *requestState) hasTried(b *healthcheck.Backend, gen uint64) bool {

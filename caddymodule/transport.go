@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,7 +33,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.inner.RoundTrip(req)
 	}
 	b := st.current
-	// a request is in flight on b until its response body is closed:
+	// a request is in flight on b until it ends (see putRequestState):
 	// a drain waits for streamed answers too
 	b.Acquire()
 	res, by, err := t.attempt(req, st, b)
@@ -47,23 +46,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if by != b { // a hedge answered (hedge.go): its backend was acquired for it
 		b.ReleaseActive()
 	}
-	res.Body = &activeBody{ReadCloser: res.Body, b: by}
+	st.answered(by)
 	return res, nil
-}
-
-// activeBody ends a request's time in flight on its backend when reverse_proxy
-// closes the response body.
-type activeBody struct {
-	io.ReadCloser
-	b    *healthcheck.Backend
-	done atomic.Bool
-}
-
-func (a *activeBody) Close() error {
-	if !a.done.Swap(true) {
-		a.b.ReleaseActive()
-	}
-	return a.ReadCloser.Close()
 }
 
 // attempt sends one attempt of a request to b. It returns the answer and
