@@ -93,14 +93,11 @@ const (
 // wait); under sysmon's 10ms.
 const yieldEvery = 5 * time.Millisecond
 
-// heldRingEnv, set to 0, keeps heartbeat connections on Go's netpoller.
-const heldRingEnv = "FAILOVER_IO_URING"
-
 // heldRingSupport says, once per process, whether held connections go on
 // io_uring (nil) or why not.
 var heldRingSupport = sync.OnceValue(func() error {
-	if os.Getenv(heldRingEnv) == "0" {
-		return fmt.Errorf("%s=0", heldRingEnv)
+	if os.Getenv(heldRingEnv) != "1" {
+		return fmt.Errorf("%s is not 1", heldRingEnv)
 	}
 	errc := make(chan error, 1)
 	go func() {

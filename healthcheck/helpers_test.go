@@ -30,6 +30,12 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv(childEnv); addr != "" {
 		runChild(addr) // never returns
 	}
+	// this package's tests hold heartbeat connections on io_uring (opt-in
+	// in Caddy, see heldRingEnv), unless told otherwise: the netpoller path
+	// is what every Caddy the other packages' tests run uses
+	if _, set := os.LookupEnv(heldRingEnv); !set {
+		_ = os.Setenv(heldRingEnv, "1")
+	}
 	os.Exit(m.Run())
 }
 

@@ -16,6 +16,11 @@ import (
 	"time"
 )
 
+// heldRingEnv, set to 1, puts heartbeat connections on io_uring; else
+// they stay on Go's netpoller. Opt-in while the ring path is young: it
+// pays at thousands of backends (docs/operations.md, "Probing cost").
+const heldRingEnv = "FAILOVER_IO_URING"
+
 // prober sends one backend its heartbeats, one at a time, over one held
 // keep-alive connection. Its goroutine blocks on that connection between
 // beats, so a crash (the kernel closes the socket) is seen at once, not at

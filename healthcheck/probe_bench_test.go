@@ -436,7 +436,7 @@ wait:
 		wall += time.Since(w0)
 		user += time.Duration(r1.Utime.Nano() - r0.Utime.Nano())
 		sys += time.Duration(r1.Stime.Nano() - r0.Stime.Nano())
-		csw += r1.Nvcsw - r0.Nvcsw + r1.Nivcsw - r0.Nivcsw
+		csw += int64(r1.Nvcsw - r0.Nvcsw + r1.Nivcsw - r0.Nivcsw)
 		beat += beats() - b0
 	}
 	cpu := user + sys

@@ -206,15 +206,17 @@ func (u *uring) mapRings(p *uringParams, nbuf, bufSize int) error {
 	return nil
 }
 
-// close unmaps and closes everything (the kernel ends what is in flight).
+// close closes the ring, then unmaps its memory: once closed, the kernel
+// ends what is in flight without writing to the buffers again (receives
+// copy in this thread's context only: DEFER_TASKRUN).
 func (u *uring) close() {
+	_ = syscall.Close(u.fd)
 	for _, m := range [][]byte{u.mem, u.sqeMem, u.bufMem} {
 		if m != nil {
 			_ = syscall.Munmap(m)
 		}
 	}
 	u.mem, u.sqeMem, u.bufMem = nil, nil, nil
-	_ = syscall.Close(u.fd)
 }
 
 // sqe returns the next submission entry, zeroed; a full queue is submitted
