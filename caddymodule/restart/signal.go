@@ -12,12 +12,14 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
 	"github.com/crashonly/caddy-failover/caddymodule/internal/placeholders"
+	"github.com/crashonly/caddy-failover/internal/procstat"
 )
 
 func init() {
@@ -32,6 +34,10 @@ func init() {
 // that crashes on its own, so this restarter reports RestartsOnExit.
 //
 // Only the process named in the pidfile gets the signal, not its children.
+// After KILL, TERM, INT or QUIT, a restart ends once that process has
+// exited (bounded by restart_timeout): until then it may still answer at
+// the backend's address, and the next answer there is taken for the new
+// process's.
 type Signal struct {
 	// Pidfile is the path of the file that holds the backend's process id
 	// (the first word in it). May use the placeholders {backend}
@@ -119,7 +125,7 @@ func ParseSignal(name string) (syscall.Signal, error) {
 }
 
 // Restart reads the pidfile and signals the process.
-func (s *Signal) Restart(_ context.Context, t Target) error {
+func (s *Signal) Restart(ctx context.Context, t Target) error {
 	sig := s.sig
 	if sig == 0 { // not provisioned
 		var err error
@@ -145,7 +151,37 @@ func (s *Signal) Restart(_ context.Context, t Target) error {
 		s.logger.Info("signalled backend process", zap.String("backend", t.Backend), zap.Int("pid", pid),
 			zap.String("signal", signalName(sig)), zap.String("pidfile", path))
 	}
+	if ending[sig] && !waitExit(ctx, pid) && s.logger != nil {
+		s.logger.Warn("backend process signalled has not exited yet", zap.String("backend", t.Backend),
+			zap.Int("pid", pid), zap.String("signal", signalName(sig)))
+	}
 	return nil
+}
+
+// ending are the signals sent to end a process. After one, Restart returns
+// once the process has exited (or ctx is done): its caller takes the next
+// answer from the backend's address for the new process's (a rolling
+// restart readmits it then), and a process that lingers after a TERM, to
+// announce its drain and finish its requests, still answers there.
+var ending = map[syscall.Signal]bool{syscall.SIGKILL: true, syscall.SIGTERM: true, syscall.SIGINT: true, syscall.SIGQUIT: true}
+
+// exitPoll is how often waitExit looks.
+const exitPoll = 5 * time.Millisecond
+
+// waitExit waits until process pid has exited (a zombie has: its
+// supervisor reaps it), and reports whether it did before ctx was done.
+// Where /proc cannot be read, it does not wait.
+func waitExit(ctx context.Context, pid int) bool {
+	t := time.NewTicker(exitPoll)
+	defer t.Stop()
+	for procstat.Alive(pid) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
 }
 
 // signalName is the name of sig without "SIG" (KILL), or its number.

@@ -5,12 +5,15 @@ package restart
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
+
+	"github.com/crashonly/caddy-failover/internal/procstat"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -77,6 +80,31 @@ func TestSignalRestart(t *testing.T) {
 			assert.True(t, r.(ExitWatcher).RestartsOnExit())
 		})
 	}
+}
+
+// After a signal that ends a process, Restart returns once the process has
+// exited, not when the signal is sent: one that lingers after a TERM (to
+// announce its drain, finish its requests) still answers at the backend's
+// address meanwhile, and its caller takes the next answer there for the
+// new process's.
+func TestSignalWaitsForTheExit(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command("sh", "-c", `trap "sleep 0.3; exit 0" TERM; echo ready; while :; do sleep 0.01; done`)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	ready := make([]byte, 6)
+	_, err = io.ReadFull(out, ready) // the trap is set
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "backend-9103.pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644))
+	r := mustLoad(t, `{"restarter": "signal", "pidfile": "`+dir+`/backend-{port}.pid", "signal": "TERM"}`)
+	require.NoError(t, r.Restart(context.Background(), Target{Backend: "127.0.0.1:9103"}))
+	assert.False(t, procstat.Alive(cmd.Process.Pid), "Restart returned while the process still ran")
+	require.NoError(t, cmd.Wait(), "it exited by itself, after its TERM trap")
 }
 
 func TestSignalErrors(t *testing.T) {
