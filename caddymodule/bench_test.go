@@ -284,6 +284,7 @@ func BenchmarkTransport(b *testing.B) {
 	})
 	b.Run("wrapper-GET-replayable", func(b *testing.B) {
 		st := getRequestState()
+		st.replayable = true // as the selector finds it
 		run(b, t, request(http.MethodGet, st), st)
 	})
 	// hedge on, never firing: the hedger's timer armed and stopped
@@ -291,6 +292,7 @@ func BenchmarkTransport(b *testing.B) {
 	hh.hedging, hh.hedgeAfter = true, 10*time.Millisecond
 	b.Run("wrapper-GET-replayable-hedge", func(b *testing.B) {
 		st := getRequestState()
+		st.replayable = true // as the selector finds it
 		run(b, &transport{inner: inner, h: &hh}, request(http.MethodGet, st), st)
 	})
 }

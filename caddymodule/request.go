@@ -32,7 +32,10 @@ type requestState struct {
 	noBackend bool // ended because no backend came into service in time
 	retired   bool // ended because the config was replaced while it held
 	stopped   bool
-	flight    healthcheck.Flight
+	// replayable: the request may be sent again elsewhere (set at its
+	// first selection; reverse_proxy has prepared its body by then)
+	replayable bool
+	flight     healthcheck.Flight
 	// answer is the backend whose answer reverse_proxy is copying: it is
 	// in flight there until the request ends (Acquire)
 	answer   *healthcheck.Backend

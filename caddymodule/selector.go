@@ -34,8 +34,11 @@ func (s *selector) Select(_ reverseproxy.UpstreamPool, r *http.Request, _ http.R
 		// its loop at once
 		return endLoop
 	}
+	if st.attempts == 0 {
+		st.replayable = h.replayable(r)
+	}
 	// a request that may not be replayed avoids hushed backends
-	careful := !h.replayable(r)
+	careful := !st.replayable
 	for !st.stopped {
 		m := h.members.Load()
 		if st.attempts-st.free > m.retries(h.retries) {

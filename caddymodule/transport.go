@@ -56,7 +56,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 // of b cuts it (healthcheck.Flight): a replayable one is replayed at once,
 // another answered 502 as soon as b is confirmed hung.
 func (t *transport) attempt(req *http.Request, st *requestState, b *healthcheck.Backend) (*http.Response, *healthcheck.Backend, error) {
-	replayable := t.h.replayable(req)
+	replayable := st.replayable
 	parent := req.Context()
 	ctx, cancel := context.WithCancelCause(parent)
 	st.flight.Cancel, st.flight.Replayable = cancel, replayable
