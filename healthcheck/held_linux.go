@@ -62,6 +62,8 @@ type heldConn struct {
 	fd   int
 	slot uint32
 	gen  uint32 // of the slot, in every user_data
+	// fixed: fd is registered with the ring, as file slot
+	fixed bool
 }
 
 // heldOp is adopt (fd >= 0: fd was connected for beat seq of pr) or
@@ -87,6 +89,9 @@ const (
 	heldBufSize = 512
 	maxHeldBufs = 4096
 	maxHeldSQ   = 1024
+	// maxHeldFiles bounds the table of registered files (the kernel's
+	// own bound is 1<<20)
+	maxHeldFiles = 1 << 16
 )
 
 // yieldEvery is how often the loop passes through Go's scheduler (see
@@ -127,6 +132,12 @@ func newHeldRing(n int) (*heldRing, error) {
 	if e != 0 {
 		u.close()
 		return nil, fmt.Errorf("eventfd: %w", e)
+	}
+	// registered files: twice the pool (it may grow; slots past the table
+	// use plain descriptors), within the process's descriptors
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
+		u.registerFiles(int(min(uint64(max(2*roundPow2(n), 256)), lim.Cur, maxHeldFiles)))
 	}
 	h := &heldRing{u: u, efd: int(efd)}
 	h.complete = h.completion
@@ -207,7 +218,8 @@ func (h *heldRing) post(op heldOp) {
 // send queues beat req on hc; from the loop.
 func (h *heldRing) send(hc *heldConn, req []byte) {
 	s := h.u.sqe()
-	s.opcode, s.flags, s.fd = ioringOpSend, iosqeCQESkipSuccess, int32(hc.fd)
+	s.opcode, s.flags = ioringOpSend, iosqeCQESkipSuccess
+	h.target(s, hc)
 	// req is the prober's, alive as long as it is; the kernel copies it
 	// when the send is submitted (MSG_DONTWAIT: at once or not at all, as
 	// on the netpoller path)
@@ -224,8 +236,19 @@ func userData(hc *heldConn, kind uint64) uint64 {
 // arm arms hc's multishot receive.
 func (h *heldRing) arm(hc *heldConn) {
 	s := h.u.sqe()
-	s.opcode, s.flags, s.ioprio, s.fd = ioringOpRecv, iosqeBufferSelect, ioringRecvMultishot, int32(hc.fd)
+	s.opcode, s.flags, s.ioprio = ioringOpRecv, iosqeBufferSelect, ioringRecvMultishot
+	h.target(s, hc)
 	s.userData = userData(hc, kindRecv)
+}
+
+// target points s at hc's socket: its registered file, else its descriptor.
+func (h *heldRing) target(s *uringSQE, hc *heldConn) {
+	if hc.fixed {
+		s.flags |= iosqeFixedFile
+		s.fd = int32(hc.slot)
+		return
+	}
+	s.fd = int32(hc.fd)
 }
 
 // wait submits what the loop queued and waits up to d for completions
@@ -300,6 +323,7 @@ func (h *heldRing) slotFor(pr *prober, fd int) *heldConn {
 	h.gens[hc.slot] = (h.gens[hc.slot] + 1) & (1<<30 - 1)
 	hc.gen = h.gens[hc.slot]
 	h.conns[hc.slot] = hc
+	hc.fixed = int(hc.slot) < h.u.files && h.u.setFile(int(hc.slot), fd) == nil
 	return hc
 }
 
@@ -310,6 +334,9 @@ func (h *heldRing) closeConn(hc *heldConn) {
 		return
 	}
 	_ = syscall.Shutdown(hc.fd, syscall.SHUT_RDWR)
+	if hc.fixed {
+		_ = h.u.setFile(int(hc.slot), -1) // the ring's reference to the socket
+	}
 	_ = syscall.Close(hc.fd)
 	hc.fd = -1
 	h.conns[hc.slot] = nil

@@ -25,6 +25,7 @@ func requireHeld(t *testing.T, p *Pool, b *Backend) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	require.NotNil(t, pr.hc, "the heartbeat connection is held on the ring")
+	require.True(t, pr.hc.fixed, "its socket is a file registered with the ring")
 	require.Nil(t, pr.conn)
 }
 

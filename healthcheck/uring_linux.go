@@ -33,12 +33,16 @@ const (
 	ioringEnterGetEvents = 1 << 0
 	ioringEnterExtArg    = 1 << 3
 
-	ioringRegisterPbufRing = 22
+	ioringRegisterFilesUpdate = 6
+	ioringRegisterFiles2      = 13
+	ioringRegisterPbufRing    = 22
+	ioringRsrcRegisterSparse  = 1 << 0
 
 	ioringOpRead = 22
 	ioringOpSend = 26
 	ioringOpRecv = 27
 
+	iosqeFixedFile       = 1 << 0
 	iosqeBufferSelect    = 1 << 5
 	iosqeCQESkipSuccess  = 1 << 6
 	ioringRecvMultishot  = 1 << 1
@@ -100,6 +104,16 @@ type uringBufReg struct {
 	resv        [3]uint64
 }
 
+type uringRsrcRegister struct {
+	nr, flags         uint32
+	resv2, data, tags uint64
+}
+
+type uringFilesUpdate struct {
+	offset, resv uint32
+	fds          uint64
+}
+
 type uringBuf struct {
 	addr uint64
 	len  uint32
@@ -133,9 +147,16 @@ type uring struct {
 	bufMask uint16
 	bufTail uint16
 
-	// passed to enter, kept here rather than on a goroutine's stack
-	arg uringGetEventsArg
-	ts  syscall.Timespec
+	// files is the size of the table of registered files (0: none):
+	// an operation on one skips looking its descriptor up and counting a
+	// reference to its file, a good part of a send's cost
+	files int
+
+	// passed to the kernel by address, kept here rather than on a
+	// goroutine's stack
+	arg    uringGetEventsArg
+	ts     syscall.Timespec
+	fileFd int32
 }
 
 var errURingFeatures = errors.New("io_uring lacks IORING_FEAT_SINGLE_MMAP, NODROP or EXT_ARG")
@@ -202,6 +223,27 @@ func (u *uring) mapRings(p *uringParams, nbuf, bufSize int) error {
 	}
 	for i := range nbuf {
 		u.giveBuf(uint16(i))
+	}
+	return nil
+}
+
+// registerFiles makes an empty table of n registered files; a failure
+// leaves the ring without one.
+func (u *uring) registerFiles(n int) {
+	reg := uringRsrcRegister{nr: uint32(n), flags: ioringRsrcRegisterSparse}
+	if _, _, e := syscall.Syscall6(sysIOURingRegister, uintptr(u.fd), ioringRegisterFiles2, uintptr(unsafe.Pointer(&reg)), unsafe.Sizeof(reg), 0, 0); e == 0 {
+		u.files = n
+	}
+}
+
+// setFile puts fd in place i of the table of registered files (-1:
+// empties it).
+func (u *uring) setFile(i int, fd int) error {
+	u.fileFd = int32(fd)
+	up := uringFilesUpdate{offset: uint32(i), fds: uint64(uintptr(unsafe.Pointer(&u.fileFd)))}
+	_, _, e := syscall.Syscall6(sysIOURingRegister, uintptr(u.fd), ioringRegisterFilesUpdate, uintptr(unsafe.Pointer(&up)), 1, 0, 0)
+	if e != 0 {
+		return e
 	}
 	return nil
 }
