@@ -12,7 +12,7 @@ import (
 // scheduler sends the heartbeats of all of a pool's backends from one
 // goroutine with one timer: per beat, a timer and a wake-up of a goroutine
 // cost more than the beat itself (thousands of backends, four beats a
-// second each). It holds when each backend's next beat is due (a heap)
+// second each). It holds when each backend's next beat is due (a wheel)
 // and when the beats in flight time out (a queue: one timeout for all, so
 // deadlines come in the order beats go out). A beat due on a held
 // connection is written here (a few hundred bytes, never waited on); its
@@ -32,7 +32,7 @@ type scheduler struct {
 	grain time.Duration
 
 	mu      sync.Mutex
-	dues    []due    // a min-heap on at
+	dues    *wheel
 	expires []expire // deadlines of beats in flight, in order, from head on
 	head    int
 	next    time.Time // when the loop wakes next
@@ -65,7 +65,7 @@ type expire struct {
 
 func newScheduler(p *Pool) *scheduler {
 	grid := min(p.cfg.Interval/10, 25*time.Millisecond)
-	return &scheduler{p: p, grid: grid, grain: p.cfg.Timeout / 50,
+	return &scheduler{p: p, grid: grid, grain: p.cfg.Timeout / 50, dues: newWheel(grid, time.Now()),
 		probers: map[*Backend]*prober{}, wake: make(chan struct{}, 1)}
 }
 
@@ -114,15 +114,16 @@ func (s *scheduler) schedule(pr *prober, d time.Duration, forced bool) {
 	gen := pr.gen
 	pr.forced = forced
 	pr.mu.Unlock()
-	at := time.Now()
+	now := time.Now()
+	at := now
 	if d > 0 {
 		at = roundTime(at.Add(d), s.grid)
 	}
 	s.mu.Lock()
-	s.push(due{at, pr, gen})
-	wake := at.Before(s.next)
+	look := s.dues.push(due{at, pr, gen}, now)
+	wake := look.Before(s.next)
 	if wake {
-		s.next = at
+		s.next = look
 	}
 	s.mu.Unlock()
 	if wake {
@@ -178,9 +179,7 @@ func (s *scheduler) run(ready chan<- struct{}, n int) {
 	for {
 		now := time.Now()
 		s.mu.Lock()
-		for len(s.dues) > 0 && !s.dues[0].at.After(now) {
-			s.batch = append(s.batch, s.pop())
-		}
+		s.batch = s.dues.take(now, s.batch)
 		for s.head < len(s.expires) && !s.expires[s.head].at.After(now) {
 			s.timeouts = append(s.timeouts, s.expires[s.head])
 			s.expires[s.head] = expire{}
@@ -215,8 +214,8 @@ func (s *scheduler) run(ready chan<- struct{}, n int) {
 		}
 		s.mu.Lock()
 		s.next = now.Add(time.Hour)
-		if len(s.dues) > 0 {
-			s.next = s.dues[0].at
+		if at, ok := s.dues.next(); ok {
+			s.next = at
 		}
 		if s.head < len(s.expires) && s.expires[s.head].at.Before(s.next) {
 			s.next = s.expires[s.head].at
@@ -286,45 +285,4 @@ func roundTime(t time.Time, g time.Duration) time.Time {
 		return t
 	}
 	return t.Add(t.Round(g).Sub(t))
-}
-
-// push and pop keep s.dues a min-heap on at (container/heap would box
-// every entry). Callers hold s.mu.
-func (s *scheduler) push(d due) {
-	h := append(s.dues, d)
-	i := len(h) - 1
-	for i > 0 {
-		up := (i - 1) / 2
-		if !h[i].at.Before(h[up].at) {
-			break
-		}
-		h[i], h[up] = h[up], h[i]
-		i = up
-	}
-	s.dues = h
-}
-
-func (s *scheduler) pop() due {
-	h := s.dues
-	top := h[0]
-	last := len(h) - 1
-	h[0] = h[last]
-	h[last] = due{}
-	h = h[:last]
-	for i := 0; ; {
-		l := 2*i + 1
-		if l >= len(h) {
-			break
-		}
-		if r := l + 1; r < len(h) && h[r].at.Before(h[l].at) {
-			l = r
-		}
-		if !h[l].at.Before(h[i].at) {
-			break
-		}
-		h[i], h[l] = h[l], h[i]
-		i = l
-	}
-	s.dues = h
-	return top
 }
