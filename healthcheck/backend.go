@@ -31,6 +31,13 @@ type Backend struct {
 	answered atomic.Int64
 	// heard is when b last answered a heartbeat (UnixNano).
 	heard atomic.Int64
+	// steady (written under pool.mu, by apply): b is in service with no
+	// bad evidence to forget, so a pass changes nothing but passedAt
+	// (UnixNano), which observe then sets without the lock
+	steady   atomic.Bool
+	passedAt atomic.Int64
+	// renewConn: see conns, below
+	renewConn atomic.Bool
 	// busySince is when b last went from no flight to one (UnixNano).
 	busySince atomic.Int64
 	// sus is the watchdog's record of b (suspect.go)
@@ -48,11 +55,6 @@ type Backend struct {
 	guarded Reason
 	// lastGood is when b last answered as expected (but see passedAt).
 	lastGood time.Time
-	// steady (written under pool.mu, by apply): b is in service with no
-	// bad evidence to forget, so a pass changes nothing but passedAt
-	// (UnixNano), which observe then sets without the lock
-	steady   atomic.Bool
-	passedAt atomic.Int64
 
 	// restarts, guarded by pool.mu (see restart.go)
 	lease       uint64    // counts restart requests; identifies the current one
@@ -80,11 +82,11 @@ type Backend struct {
 
 	// conns counts the prober's connections made; awaitConn, guarded by
 	// pool.mu, is conns when ReturnOnNewProcess was called (0: not waiting);
-	// renewConn asks the prober to make its next beat on a new connection
-	// (the one it holds may be to the replacement already: see fire)
+	// renewConn (with the fields a beat reads, above) asks the prober to
+	// make its next beat on a new connection (the one it holds may be to
+	// the replacement already: see fire)
 	conns     atomic.Uint64
 	awaitConn uint64
-	renewConn atomic.Bool
 
 	flightMu sync.Mutex
 	flights  []*Flight

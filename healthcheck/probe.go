@@ -31,20 +31,48 @@ const heldRingEnv = "FAILOVER_IO_URING"
 // connects: the ring's receive is the crash watch, and the answers are
 // judged on the scheduler's goroutine (ringRead), with the same reader.
 type prober struct {
-	p       *Pool
-	b       *Backend
-	s       *scheduler
-	cfg     Config
-	req     []byte // the heartbeat request, built once
-	head    bool   // the request is HEAD: answers have no body
-	network string // where heartbeats go (see probeTarget)
-	addr    string
-	dial    net.Dialer
-	// ctx ends when the prober is stopped or the pool closes
-	ctx    context.Context
-	cancel context.CancelFunc
-	// due: a beat is due and no connection is held; the goroutine connects
-	due chan struct{}
+	// first what a beat reads and writes, together: at thousands of
+	// backends, a beat's cost is mostly the cache lines it touches
+
+	mu   sync.Mutex
+	conn net.Conn
+	raw  syscall.RawConn // conn's, nil for TLS
+	// hc is the connection held on the ring, instead of conn
+	hc *heldConn
+	// connSeq is the beat conn was made for
+	connSeq uint64
+	// gen counts schedulings: a due entry of an older one is stale
+	gen uint64
+	// seq counts beats; inFlight: beat seq, started at start, is not
+	// judged yet; timedOut: its deadline passed; writeErr: writing it on
+	// the held connection failed
+	seq      uint64
+	start    time.Time
+	writeErr error
+	inFlight bool
+	timedOut bool
+	stopped  bool
+	// kicked: a beat was asked for during one in flight
+	kicked bool
+	// forced: the beat due was asked for (kick, closed watch, miss)
+	forced bool
+	// skipped counts beats in a row saved by live traffic
+	skipped int
+	// misses counts beats in a row neither passed nor refused
+	misses int
+	// refused is the wait after the last of refused beats in a row
+	refused time.Duration
+	// rnd is the prober's own source of jitter (tests seed it), guarded
+	// by mu
+	rnd rand.PCG
+
+	p        *Pool
+	b        *Backend
+	s        *scheduler
+	interval time.Duration // cfg's, here with the rest a beat reads
+	timeout  time.Duration
+	req      []byte // the heartbeat request, built once
+	head     bool   // the request is HEAD: answers have no body
 	// onBeat is the pool's OnBeat hook, taken at Start; nil: none
 	onBeat func(*Backend, Evidence, time.Duration)
 
@@ -60,37 +88,15 @@ type prober struct {
 	writeRaw func(fd uintptr) bool
 	werr     error
 
-	mu   sync.Mutex
-	conn net.Conn
-	raw  syscall.RawConn // conn's, nil for TLS
-	// hc is the connection held on the ring, instead of conn
-	hc *heldConn
-	// connSeq is the beat conn was made for
-	connSeq uint64
-	// gen counts schedulings: a due entry of an older one is stale
-	gen uint64
-	// seq counts beats; inFlight: beat seq, started at start, is not
-	// judged yet; timedOut: its deadline passed; writeErr: writing it on
-	// the held connection failed
-	seq      uint64
-	inFlight bool
-	start    time.Time
-	timedOut bool
-	writeErr error
-	stopped  bool
-	// kicked: a beat was asked for during one in flight
-	kicked bool
-	// forced: the beat due was asked for (kick, closed watch, miss)
-	forced bool
-	// skipped counts beats in a row saved by live traffic
-	skipped int
-	// misses counts beats in a row neither passed nor refused
-	misses int
-	// refused is the wait after the last of refused beats in a row
-	refused time.Duration
-	// rnd is the prober's own source of jitter (the global one locks;
-	// tests seed this one)
-	rnd *rand.Rand
+	cfg     Config
+	network string // where heartbeats go (see probeTarget)
+	addr    string
+	dial    net.Dialer
+	// ctx ends when the prober is stopped or the pool closes
+	ctx    context.Context
+	cancel context.CancelFunc
+	// due: a beat is due and no connection is held; the goroutine connects
+	due chan struct{}
 }
 
 // OnBeat makes f receive every heartbeat a prober sends: the backend, the
@@ -118,9 +124,9 @@ func newProber(p *Pool, b *Backend) *prober {
 			cfg.TLS.ServerName = h
 		}
 	}
-	rnd := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-	pr := &prober{p: p, b: b, cfg: cfg, req: req, head: cfg.Method == http.MethodHead,
-		network: network, addr: addr, rnd: rnd, onBeat: p.onBeat, due: make(chan struct{}, 1)}
+	pr := &prober{p: p, b: b, cfg: cfg, interval: cfg.Interval, timeout: cfg.Timeout, req: req,
+		head: cfg.Method == http.MethodHead, network: network, addr: addr, onBeat: p.onBeat, due: make(chan struct{}, 1)}
+	pr.rnd.Seed(rand.Uint64(), rand.Uint64())
 	pr.ctx, pr.cancel = context.WithCancel(p.ctx)
 	pr.writeRaw = pr.writeOn
 	return pr
@@ -134,8 +140,10 @@ func newProber(p *Pool, b *Backend) *prober {
 // 10 000 on two shared vCPUs took 15 to 30s and some 15 000 ejections to
 // get into service; at 250µs, 2.7s and none).
 func (pr *prober) firstBeat(backends int) time.Duration {
-	if spread := min(time.Duration(backends)*250*time.Microsecond, 10*pr.cfg.Interval); spread > time.Millisecond {
-		return time.Duration(pr.rnd.Int64N(int64(spread)))
+	if spread := min(time.Duration(backends)*250*time.Microsecond, 10*pr.interval); spread > time.Millisecond {
+		pr.mu.Lock()
+		defer pr.mu.Unlock()
+		return time.Duration(pr.rnd.Uint64() % uint64(spread))
 	}
 	return 0
 }
@@ -223,7 +231,7 @@ func (pr *prober) wantConn() {
 func (pr *prober) send(conn net.Conn, raw syscall.RawConn, start time.Time) {
 	if raw == nil {
 		go func() {
-			_ = conn.SetWriteDeadline(start.Add(pr.cfg.Timeout))
+			_ = conn.SetWriteDeadline(start.Add(pr.timeout))
 			if _, err := conn.Write(pr.req); err != nil {
 				pr.writeFailed(conn, err)
 			}
@@ -302,7 +310,7 @@ func (pr *prober) connect() {
 	pr.mu.Lock()
 	seq, start := pr.seq, pr.start
 	pr.mu.Unlock()
-	deadline := start.Add(pr.cfg.Timeout)
+	deadline := start.Add(pr.timeout)
 	conn, err := pr.dialConn(deadline)
 	if err != nil {
 		pr.finish(connEvidence(err), err)
@@ -453,7 +461,7 @@ func (pr *prober) handle(r readResult) {
 		// backend whose idle timeout is shorter than the interval would
 		// then be beaten at its idle timeout: at most one such beat an
 		// interval, the rest wait for their time
-		if time.Since(pr.watchBeat) >= pr.cfg.Interval {
+		if time.Since(pr.watchBeat) >= pr.interval {
 			pr.watchBeat = time.Now()
 			pr.s.schedule(pr, 0, true)
 		}
@@ -461,7 +469,7 @@ func (pr *prober) handle(r readResult) {
 	}
 	switch {
 	case timedOut && r.err != nil:
-		pr.finish(Miss, fmt.Errorf("heartbeat timed out after %v", pr.cfg.Timeout))
+		pr.finish(Miss, fmt.Errorf("heartbeat timed out after %v", pr.timeout))
 	case writeErr != nil || r.err != nil && !r.bad:
 		err := cmp.Or(writeErr, r.err)
 		if !fresh {
@@ -501,7 +509,7 @@ func (pr *prober) verdict(r readResult) (Evidence, error) {
 // the scheduler: the urgent beat of suspect.go.
 func (pr *prober) beat() (Evidence, error) {
 	pr.b.beats.Add(1)
-	deadline := time.Now().Add(pr.cfg.Timeout)
+	deadline := time.Now().Add(pr.timeout)
 	conn, err := pr.dialConn(deadline)
 	if err != nil {
 		return connEvidence(err), err
@@ -516,22 +524,23 @@ func (pr *prober) beat() (Evidence, error) {
 	a.reset(conn, pr.head)
 	r := a.next()
 	if errors.Is(r.err, os.ErrDeadlineExceeded) {
-		return Miss, fmt.Errorf("heartbeat timed out after %v", pr.cfg.Timeout)
+		return Miss, fmt.Errorf("heartbeat timed out after %v", pr.timeout)
 	}
 	return pr.verdict(r)
 }
 
 // finish applies the verdict of the beat in flight and schedules the next.
 func (pr *prober) finish(e Evidence, cause error) {
+	now := time.Now()
 	pr.mu.Lock()
-	took, stopped := time.Since(pr.start), pr.stopped
+	took, stopped := now.Sub(pr.start), pr.stopped
 	pr.mu.Unlock()
-	if stopped || pr.ctx.Err() != nil {
+	if stopped || pr.p.ctx.Err() != nil { // pr.ctx's ends: stopped, or the pool's
 		return
 	}
 	if e != Miss && e != Gone {
 		pr.b.lastBeat.Store(int64(took)) // answered
-		pr.b.heard.Store(time.Now().UnixNano())
+		pr.b.heard.Store(now.UnixNano())
 	}
 	pr.p.observe(pr.b, e, cause)
 	if pr.onBeat != nil {
@@ -556,20 +565,20 @@ func (pr *prober) after(e Evidence) time.Duration {
 	switch e {
 	case Pass, DrainAnnounced:
 		pr.misses = 0
-		return pr.jitter(pr.cfg.Interval)
+		return pr.jitter(pr.interval)
 	case Gone:
 		// a refused connect costs next to nothing: look for the restarted
 		// process sooner than for a live one, Interval/5 at first, doubling
 		// while it keeps refusing, and never later than an Interval
 		pr.misses = 0
-		pr.refused = min(max(2*pr.refused, pr.cfg.Interval/5), pr.cfg.Interval)
-		return min(pr.jitter(pr.refused), pr.cfg.Interval)
+		pr.refused = min(max(2*pr.refused, pr.interval/5), pr.interval)
+		return min(pr.jitter(pr.refused), pr.interval)
 	default:
 		pr.misses++
 		if pr.misses == 1 {
 			return 0 // after a first miss, beat again at once
 		}
-		return pr.jitter(pr.cfg.Interval)
+		return pr.jitter(pr.interval)
 	}
 }
 
@@ -588,19 +597,20 @@ func (pr *prober) coveredByTraffic() time.Duration {
 		return 0
 	}
 	last := pr.b.answered.Load()
-	if last == 0 || time.Duration(time.Now().UnixNano()-last) >= pr.cfg.Interval {
+	if last == 0 || time.Duration(time.Now().UnixNano()-last) >= pr.interval {
 		return 0
 	}
-	if pr.b.stuck(pr.cfg.Timeout / 4) {
+	if pr.b.stuck(pr.timeout / 4) {
 		return 0
 	}
 	pr.skipped++
-	return pr.jitter(pr.cfg.Interval)
+	return pr.jitter(pr.interval)
 }
 
 // jitter spreads beats by ±10% so that many backends do not beat in lockstep.
 func (pr *prober) jitter(d time.Duration) time.Duration {
-	return d + time.Duration((pr.rnd.Float64()*0.2-0.1)*float64(d))
+	f := float64(pr.rnd.Uint64()>>11) * 0x1p-53 // in [0, 1)
+	return d + time.Duration((f*0.2-0.1)*float64(d))
 }
 
 // connEvidence judges a connection failure: refused or reset proves the

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"io"
 	"log"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -315,7 +314,8 @@ func TestBeatsNotInLockstep(t *testing.T) {
 	const iv = time.Second
 	p := NewPool([]string{"a:1", "b:1"}, Config{Interval: iv}, nil)
 	a, b := newProber(p, p.Backends()[0]), newProber(p, p.Backends()[1])
-	a.rnd, b.rnd = rand.New(rand.NewPCG(1, 2)), rand.New(rand.NewPCG(3, 4))
+	a.rnd.Seed(1, 2)
+	b.rnd.Seed(3, 4)
 	const n = 10000
 	var tenths [10]int // how many waits fall in each tenth of ±10%
 	same := 0

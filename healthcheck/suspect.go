@@ -283,7 +283,7 @@ func (p *Pool) urgentBeat(b *Backend, waited time.Duration, silentSince time.Tim
 // tells the OnBeat hook.
 func (p *Pool) ask(b *Backend, timeout time.Duration) (Evidence, error) {
 	pr := b.sus.prober
-	pr.cfg.Timeout = timeout
+	pr.timeout = timeout
 	start := time.Now()
 	e, cause := pr.beat()
 	if pr.onBeat != nil && p.ctx.Err() == nil {
