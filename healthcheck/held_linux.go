@@ -122,9 +122,7 @@ var heldRingSupport = sync.OnceValue(func() error {
 // newHeldRing makes the ring for a pool of n backends, owned by the
 // calling thread (locked).
 func newHeldRing(n int) (*heldRing, error) {
-	sq := min(max(roundPow2(n), 64), maxHeldSQ) // a pool may grow (dynamic upstreams)
-	nbuf := min(max(roundPow2(n), 64), maxHeldBufs)
-	u, err := newURing(sq, 4*max(sq, nbuf), nbuf, heldBufSize)
+	u, err := newHeldURing(n)
 	if err != nil {
 		return nil, err
 	}
@@ -133,16 +131,28 @@ func newHeldRing(n int) (*heldRing, error) {
 		u.close()
 		return nil, fmt.Errorf("eventfd: %w", e)
 	}
+	h := &heldRing{u: u, efd: int(efd)}
+	h.complete = h.completion
+	h.armWake()
+	return h, nil
+}
+
+// newHeldURing makes the io_uring for n held connections, its table of
+// registered files empty.
+func newHeldURing(n int) (*uring, error) {
+	sq := min(max(roundPow2(n), 64), maxHeldSQ) // a pool may grow (dynamic upstreams)
+	nbuf := min(max(roundPow2(n), 64), maxHeldBufs)
+	u, err := newURing(sq, 4*max(sq, nbuf), nbuf, heldBufSize)
+	if err != nil {
+		return nil, err
+	}
 	// registered files: twice the pool (it may grow; slots past the table
 	// use plain descriptors), within the process's descriptors
 	var lim syscall.Rlimit
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil {
 		u.registerFiles(int(min(uint64(max(2*roundPow2(n), 256)), lim.Cur, maxHeldFiles)))
 	}
-	h := &heldRing{u: u, efd: int(efd)}
-	h.complete = h.completion
-	h.armWake()
-	return h, nil
+	return u, nil
 }
 
 func roundPow2(n int) int { return 1 << bits.Len(uint(max(n, 1)-1)) }
@@ -254,16 +264,18 @@ func (h *heldRing) target(s *uringSQE, hc *heldConn) {
 // wait submits what the loop queued and waits up to d for completions
 // (handle them next); from the loop. The thread waits in the kernel with
 // its P, which sysmon gives to other goroutines only once it sees the
-// same wait twice: waits are not cut short (shorter ones, under sysmon's
-// tick, would keep the P from them with GOMAXPROCS=1).
+// same wait twice: waits are not cut short. (Shorter ones, under sysmon's
+// tick, keep the P from them: capped at 5ms, two pools on two Ps starved
+// their own connecting goroutines for over a second. The price is
+// sysmon's: after each P it retakes it polls every 20µs for a while,
+// about half the process's CPU at 1 000 idle backends.)
 func (h *heldRing) wait(d time.Duration) {
 	if now := time.Now(); now.Sub(h.yielded) >= yieldEvery {
 		// park now and then (a timer of a microsecond: some tens of
 		// them, blind): a goroutine that only ever waits in system calls
 		// looks to Go's sysmon like one that runs on, and is preempted
-		// and its P retaken every 10ms, after which sysmon polls every
-		// 20µs for a while, a few percent of a core. (Gosched would
-		// queue the loop behind every runnable goroutine.)
+		// and its P retaken every 10ms. (Gosched would queue the loop
+		// behind every runnable goroutine.)
 		h.yielded = now
 		time.Sleep(time.Microsecond)
 	}
