@@ -32,18 +32,26 @@ import (
 // never comes here): it writes the beat it connected for and hands over
 // the socket (adopt). Whatever other goroutines ask (adopt, release) is
 // queued and the loop woken through an eventfd.
+//
+// The loop waits in the kernel only while answers are on their way, a
+// millisecond or two; idle, it parks in Go's netpoller on that eventfd,
+// which is registered with the ring: the kernel signals it when a
+// completion comes (see wait).
 type heldRing struct {
 	u   *uring
 	efd int
-	// efdBuf takes the eventfd's count (the kernel writes it)
+	// efile is efd, in Go's netpoller, for the loop to park on (eraw,
+	// reading it with drain: os.File's Read would allocate its error)
+	efile *os.File
+	eraw  syscall.RawConn
+	drain func(fd uintptr) bool
+	// efdBuf takes the eventfd's count
 	efdBuf [8]byte
 	woken  atomic.Bool
 	// complete is h.completion, made once
 	complete func(*uringCQE)
 	// expect counts the answers awaited (about): enter waits for as many
 	expect uint32
-	// yielded is when the loop last went through Go's scheduler
-	yielded time.Time
 
 	mu     sync.Mutex
 	ops    []heldOp
@@ -79,7 +87,6 @@ type heldOp struct {
 const (
 	kindRecv = iota
 	kindSend
-	kindWake
 )
 
 // The ring's size follows the pool's at start (more backends later only
@@ -94,9 +101,9 @@ const (
 	maxHeldFiles = 1 << 16
 )
 
-// yieldEvery is how often the loop passes through Go's scheduler (see
-// wait); under sysmon's 10ms.
-const yieldEvery = 5 * time.Millisecond
+// answerWait is the longest the loop waits in the kernel for answers on
+// their way (see wait).
+const answerWait = 2 * time.Millisecond
 
 // heldRingSupport says, once per process, whether held connections go on
 // io_uring (nil) or why not.
@@ -131,9 +138,23 @@ func newHeldRing(n int) (*heldRing, error) {
 		u.close()
 		return nil, fmt.Errorf("eventfd: %w", e)
 	}
-	h := &heldRing{u: u, efd: int(efd)}
+	if err := u.registerEventfd(int(efd)); err != nil {
+		u.close()
+		_ = syscall.Close(int(efd))
+		return nil, err
+	}
+	// non-blocking: os.NewFile puts it in Go's netpoller
+	h := &heldRing{u: u, efd: int(efd), efile: os.NewFile(efd, "io_uring eventfd")}
+	if h.eraw, err = h.efile.SyscallConn(); err != nil {
+		u.close()
+		_ = h.efile.Close()
+		return nil, err
+	}
 	h.complete = h.completion
-	h.armWake()
+	h.drain = func(fd uintptr) bool {
+		_, err := syscall.Read(int(fd), h.efdBuf[:])
+		return err != syscall.EAGAIN
+	}
 	return h, nil
 }
 
@@ -176,7 +197,7 @@ func (h *heldRing) close() {
 		}
 	}
 	h.u.close()
-	_ = syscall.Close(h.efd)
+	_ = h.efile.Close()
 }
 
 // wake makes the loop's wait return (within a millisecond), from any
@@ -194,13 +215,6 @@ func (h *heldRing) wake() {
 
 // eventfdOne adds one to an eventfd (little-endian, as the build is).
 var eventfdOne = []byte{1, 0, 0, 0, 0, 0, 0, 0}
-
-func (h *heldRing) armWake() {
-	s := h.u.sqe()
-	s.opcode, s.fd = ioringOpRead, int32(h.efd)
-	s.addr, s.len = uint64(uintptr(unsafe.Pointer(&h.efdBuf[0]))), uint32(len(h.efdBuf))
-	s.userData = kindWake
-}
 
 // adopt hands the ring fd, connected (and the beat written on it) for beat
 // seq of pr; from the prober's goroutine.
@@ -262,24 +276,29 @@ func (h *heldRing) target(s *uringSQE, hc *heldConn) {
 }
 
 // wait submits what the loop queued and waits up to d for completions
-// (handle them next); from the loop. The thread waits in the kernel with
-// its P, which sysmon gives to other goroutines only once it sees the
-// same wait twice: waits are not cut short. (Shorter ones, under sysmon's
-// tick, keep the P from them: capped at 5ms, two pools on two Ps starved
-// their own connecting goroutines for over a second. The price is
-// sysmon's: after each P it retakes it polls every 20µs for a while,
-// about half the process's CPU at 1 000 idle backends.)
+// (handle them next); from the loop. While answers are on their way the
+// thread waits for them in the kernel, at most answerWait (completions
+// that come close together are taken in one wake-up). Else the loop
+// parks in Go's netpoller on the eventfd the kernel signals when a
+// completion comes: its P goes to other goroutines at once, and no
+// system call lasts long enough for Go's sysmon to retake the P (after
+// which it polls every 20µs for a while: with waits of up to a grid tick
+// in the kernel, that polling was half the process's CPU at 1 000 idle
+// backends).
 func (h *heldRing) wait(d time.Duration) {
-	if now := time.Now(); now.Sub(h.yielded) >= yieldEvery {
-		// park now and then (a timer of a microsecond: some tens of
-		// them, blind): a goroutine that only ever waits in system calls
-		// looks to Go's sysmon like one that runs on, and is preempted
-		// and its P retaken every 10ms. (Gosched would queue the loop
-		// behind every runnable goroutine.)
-		h.yielded = now
-		time.Sleep(time.Microsecond)
+	if h.expect > 0 {
+		h.u.enter(h.expect, min(d, answerWait))
+		return
 	}
-	h.u.enter(max(h.expect, 1), d)
+	// signal from here on; then what came before is made and looked at
+	h.u.signal(true)
+	h.u.flush()
+	if !h.u.ready() && d > 0 {
+		_ = h.efile.SetReadDeadline(time.Now().Add(d))
+		_ = h.eraw.Read(h.drain) // a signal, or the deadline
+		h.u.flush()
+	}
+	h.u.signal(false) // awake: signals would only wake it again for nothing
 }
 
 // handle handles the completions made, then what other goroutines asked;
@@ -288,6 +307,7 @@ func (h *heldRing) handle() {
 	if h.u.reap(h.complete) == 0 {
 		h.expect = 0
 	}
+	h.woken.Store(false) // before the ops are taken: a later post wakes it again
 	h.mu.Lock()
 	h.work, h.ops = h.ops, h.work[:0]
 	h.mu.Unlock()
@@ -358,11 +378,6 @@ func (h *heldRing) closeConn(hc *heldConn) {
 // completion handles one completion, on the loop.
 func (h *heldRing) completion(c *uringCQE) {
 	kind := c.userData & 3
-	if kind == kindWake {
-		h.woken.Store(false)
-		h.armWake()
-		return
-	}
 	var data []byte
 	if c.flags&ioringCQEFBuffer != 0 {
 		bid := uint16(c.flags >> ioringCQEBufferShift)

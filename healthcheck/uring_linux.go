@@ -33,6 +33,7 @@ const (
 	ioringEnterGetEvents = 1 << 0
 	ioringEnterExtArg    = 1 << 3
 
+	ioringRegisterEventfd     = 4
 	ioringRegisterFilesUpdate = 6
 	ioringRegisterFiles2      = 13
 	ioringRegisterPbufRing    = 22
@@ -49,6 +50,7 @@ const (
 	ioringCQEFBuffer     = 1 << 0
 	ioringCQEFMore       = 1 << 1
 	ioringCQEBufferShift = 16
+	ioringCQEventfdOff   = 1 << 0 // IORING_CQ_EVENTFD_DISABLED
 
 	ioringOffSQRing = 0
 	ioringOffSQEs   = 0x10000000
@@ -135,6 +137,7 @@ type uring struct {
 	sqes    []uringSQE
 	cqHead  *uint32
 	cqTail  *uint32
+	cqFlags *uint32
 	cqMask  uint32
 	cqes    []uringCQE
 	tail    uint32 // the SQ tail as filled, published at enter
@@ -205,6 +208,7 @@ func (u *uring) mapRings(p *uringParams, nbuf, bufSize int) error {
 	u.sqes = unsafe.Slice((*uringSQE)(unsafe.Pointer(&u.sqeMem[0])), p.sqEntries)
 	u.cqHead = (*uint32)(unsafe.Add(base, p.cqOff.head))
 	u.cqTail = (*uint32)(unsafe.Add(base, p.cqOff.tail))
+	u.cqFlags = (*uint32)(unsafe.Add(base, p.cqOff.flags))
 	u.cqMask = *(*uint32)(unsafe.Add(base, p.cqOff.ringMask))
 	u.cqes = unsafe.Slice((*uringCQE)(unsafe.Add(base, p.cqOff.cqes)), p.cqEntries)
 	u.tail = atomic.LoadUint32(u.sqTail)
@@ -248,6 +252,30 @@ func (u *uring) setFile(i int, fd int) error {
 	return nil
 }
 
+// registerEventfd has the kernel add to eventfd efd when completions (or
+// the work that makes them) come, while signalling is on (see signal).
+func (u *uring) registerEventfd(efd int) error {
+	u.fileFd = int32(efd)
+	if _, _, e := syscall.Syscall6(sysIOURingRegister, uintptr(u.fd), ioringRegisterEventfd, uintptr(unsafe.Pointer(&u.fileFd)), 1, 0, 0); e != 0 {
+		return fmt.Errorf("io_uring eventfd: %w", e)
+	}
+	return nil
+}
+
+// signal turns the registered eventfd's signalling on or off.
+func (u *uring) signal(on bool) {
+	f := atomic.LoadUint32(u.cqFlags)
+	if on {
+		f &^= ioringCQEventfdOff
+	} else {
+		f |= ioringCQEventfdOff
+	}
+	atomic.StoreUint32(u.cqFlags, f)
+}
+
+// ready says whether completions wait to be reaped.
+func (u *uring) ready() bool { return atomic.LoadUint32(u.cqTail) != *u.cqHead }
+
 // close closes the ring, then unmaps its memory: once closed, the kernel
 // ends what is in flight without writing to the buffers again (receives
 // copy in this thread's context only: DEFER_TASKRUN).
@@ -271,6 +299,14 @@ func (u *uring) sqe() *uringSQE {
 	*s = uringSQE{}
 	u.tail++
 	return s
+}
+
+// flush submits what was queued and makes the completions due (deferred
+// task work), without waiting.
+func (u *uring) flush() {
+	atomic.StoreUint32(u.sqTail, u.tail)
+	submit := u.tail - atomic.LoadUint32(u.sqHead)
+	_, _, _ = syscall.Syscall6(sysIOURingEnter, uintptr(u.fd), uintptr(submit), 0, ioringEnterGetEvents, 0, 0)
 }
 
 // enter submits what was queued and, when wait > 0, waits up to d for
