@@ -338,24 +338,18 @@ func probeFiles(b *testing.B, n int) int {
 	return n
 }
 
-// probeSizesFlag is -probe.n, parsed.
-func probeSizesFlag(b *testing.B) []int {
-	var sizes []int
+// probeSizesRun runs bench once for each pool size of -probe.n.
+func probeSizesRun(b *testing.B, bench func(*testing.B, int)) {
 	for _, f := range strings.Split(*probeSizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n <= 0 {
 			b.Fatalf("-probe.n: %q is not a pool size", f)
 		}
-		sizes = append(sizes, n)
+		b.Run(fmt.Sprintf("backends=%d", n), func(b *testing.B) { bench(b, n) })
 	}
-	return sizes
 }
 
-func BenchmarkProbeCPU(b *testing.B) {
-	for _, n := range probeSizesFlag(b) {
-		b.Run(fmt.Sprintf("backends=%d", n), func(b *testing.B) { benchProbeCPU(b, n) })
-	}
-}
+func BenchmarkProbeCPU(b *testing.B) { probeSizesRun(b, benchProbeCPU) }
 
 func benchProbeCPU(b *testing.B, n int) {
 	n = probeFiles(b, n)

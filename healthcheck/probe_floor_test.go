@@ -4,7 +4,6 @@ package healthcheck
 
 import (
 	"bytes"
-	"fmt"
 	"net/netip"
 	"runtime"
 	"sync/atomic"
@@ -23,17 +22,13 @@ import (
 // no timeouts, no jitter; an answer is only checked to begin with a 200
 // status line. What it costs is the kernel's part of a beat, under which
 // no prober on this machine can go; BenchmarkProbeCPU's figure less this
-// one is the engine's. Run the two together, on the same clock and the
-// same getrusage (this machine's figures move by a third from one minute
-// to the next):
+// one is the engine's. Run the two one after the other, several times,
+// alternating (this machine's figures move by a third from one minute to
+// the next):
 //
 //	go test -c -o /tmp/hc.test ./healthcheck
-//	/tmp/hc.test -test.run '^$' -test.bench 'Probe(CPU|Floor)' -test.benchtime 1x -test.count 3 -probe.n 10000
-func BenchmarkProbeFloor(b *testing.B) {
-	for _, n := range probeSizesFlag(b) {
-		b.Run(fmt.Sprintf("backends=%d", n), func(b *testing.B) { benchProbeFloor(b, n) })
-	}
-}
+//	/tmp/hc.test -test.run '^$' -test.bench 'Probe(Floor|CPU)' -test.benchtime 1x -probe.n 10000
+func BenchmarkProbeFloor(b *testing.B) { probeSizesRun(b, benchProbeFloor) }
 
 func benchProbeFloor(b *testing.B, n int) {
 	n = probeFiles(b, n)
