@@ -108,7 +108,7 @@ func TestBeatsDoNotAllocate(t *testing.T) {
 	p, rec := startPool(t, []string{s.addr}, Config{Interval: 2 * time.Millisecond, Timeout: time.Second})
 	rec.healthy(0)
 	b := p.Backends()[0]
-	awaitBeats(t, b, 20) // the buffers made, the heap and queues grown
+	awaitBeats(t, b, 20) // the buffers made, the wheel and queues grown
 
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
