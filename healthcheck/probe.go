@@ -140,7 +140,7 @@ func newProber(p *Pool, b *Backend) *prober {
 // 10 000 on two shared vCPUs took 15 to 30s and some 15 000 ejections to
 // get into service; at 250µs, 2.7s and none).
 func (pr *prober) firstBeat(backends int) time.Duration {
-	if spread := min(time.Duration(backends)*250*time.Microsecond, 10*pr.interval); spread > time.Millisecond {
+	if spread := min(time.Duration(backends)*connectEvery, 10*pr.interval); spread > time.Millisecond {
 		pr.mu.Lock()
 		defer pr.mu.Unlock()
 		return time.Duration(pr.rnd.Uint64() % uint64(spread))
@@ -461,9 +461,9 @@ func (pr *prober) handle(r readResult) {
 		// backend whose idle timeout is shorter than the interval would
 		// then be beaten at its idle timeout: at most one such beat an
 		// interval, the rest wait for their time
-		if time.Since(pr.watchBeat) >= pr.interval {
-			pr.watchBeat = time.Now()
-			pr.s.schedule(pr, 0, true)
+		if now := time.Now(); now.Sub(pr.watchBeat) >= pr.interval {
+			pr.watchBeat = now
+			pr.s.schedule(pr, pr.s.reconnectDelay(now), true)
 		}
 		return
 	}
@@ -475,7 +475,16 @@ func (pr *prober) handle(r readResult) {
 		if !fresh {
 			// the held connection died under us; that alone proves
 			// nothing (the backend may close idle connections): ask on a
-			// new one (made by the prober's goroutine, with a ring)
+			// new one (made by the prober's goroutine, with a ring); when
+			// many died together, this beat is void and the next one,
+			// spread with theirs, asks
+			if d := pr.s.reconnectDelay(time.Now()); d > 0 {
+				pr.mu.Lock()
+				pr.inFlight, pr.timedOut, pr.writeErr = false, false, nil
+				pr.mu.Unlock()
+				pr.s.schedule(pr, d, true)
+				return
+			}
 			if pr.s.held != nil {
 				pr.wantConn()
 			} else {
@@ -553,7 +562,13 @@ func (pr *prober) finish(e Evidence, cause error) {
 	if pr.kicked {
 		d, pr.kicked = 0, false
 	}
+	reconnect := d <= 0 && pr.conn == nil && pr.hc == nil
 	pr.mu.Unlock()
+	if reconnect {
+		// a beat at once on a new connection (after a miss): spread when
+		// many ask together, as reconnectDelay says
+		d = pr.s.reconnectDelay(now)
+	}
 	pr.s.schedule(pr, d, forced)
 }
 

@@ -45,6 +45,7 @@ var (
 	probeSizes   = flag.String("probe.n", "1000,10000", "BenchmarkProbeCPU: pool sizes, comma-separated")
 	probeEvery   = flag.Duration("probe.interval", DefaultInterval, "BenchmarkProbeCPU: heartbeat interval")
 	probeReady   = flag.Duration("probe.ready", time.Minute, "BenchmarkProbeCPU: longest wait for every backend to be in service; past it the window is measured anyway")
+	probeReset   = flag.Bool("probe.reset", false, "BenchmarkProbeCPU: after the window, reset every held connection at once (the servers send RST) and report how the pool came through")
 )
 
 // serveManyEnv, when set to a number, turns the test binary into a child
@@ -70,22 +71,35 @@ func init() {
 // did, and at 10 000 backends the two could not both keep up on a small
 // machine). It reads until the end of a request head (heartbeats have no
 // body) and writes the answer. It prints one address per line, then
-// "ready", and exits when its stdin closes.
+// "ready", and exits when its stdin closes; a line "reset" on its stdin
+// resets every connection it accepted (RST), at once.
 func serveMany(n int) {
 	if err := raiseNoFile(uint64(2*n + 256)); err != nil {
 		fmt.Fprintln(os.Stderr, "serve-many: raising RLIMIT_NOFILE:", err)
 	}
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		os.Exit(0)
-	}()
 	fail := func(what string, err error) {
 		fmt.Fprintln(os.Stderr, "serve-many:", what, err)
 		os.Exit(3)
 	}
+	var resets [2]int // a pipe: a byte for each "reset" read on stdin
+	if err := syscall.Pipe2(resets[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+		fail("pipe", err)
+	}
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			if sc.Text() == "reset" {
+				_, _ = syscall.Write(resets[1], []byte{1})
+			}
+		}
+		os.Exit(0)
+	}()
 	ep, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		fail("epoll", err)
+	}
+	if err := syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, resets[0], &syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: int32(resets[0])}); err != nil {
+		fail("epoll_ctl", err)
 	}
 	listeners := map[int]bool{}
 	out := bufio.NewWriter(os.Stdout)
@@ -124,10 +138,12 @@ func serveMany(n int) {
 	resp := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok")
 	end := []byte("\r\n\r\n")
 	pending := map[int][]byte{} // a request head read in part
+	conns := map[int]bool{}     // accepted, open
 	buf := make([]byte, 4096)
 	events := make([]syscall.EpollEvent, 512)
 	closeConn := func(fd int) {
 		delete(pending, fd)
+		delete(conns, fd)
 		_ = syscall.Close(fd) // leaves the epoll set with its last descriptor
 	}
 	for {
@@ -137,6 +153,14 @@ func serveMany(n int) {
 		}
 		for _, ev := range events[:k] {
 			fd := int(ev.Fd)
+			if fd == resets[0] {
+				_, _ = syscall.Read(fd, buf)
+				for c := range conns {
+					_ = syscall.SetsockoptLinger(c, syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1})
+					closeConn(c)
+				}
+				break // the batch's other events may name the descriptors closed
+			}
 			if listeners[fd] {
 				for {
 					c, _, err := syscall.Accept4(fd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
@@ -145,7 +169,9 @@ func serveMany(n int) {
 					}
 					if syscall.EpollCtl(ep, syscall.EPOLL_CTL_ADD, c, &syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: int32(c)}) != nil {
 						_ = syscall.Close(c)
+						continue
 					}
+					conns[c] = true
 				}
 				continue
 			}
@@ -275,6 +301,15 @@ func startServerChild(b *testing.B, n int) (*serverChild, []string) {
 	case <-time.After(60 * time.Second):
 		b.Fatal("server child not ready within 60s")
 		return nil, nil
+	}
+}
+
+// reset has every child reset the connections it accepted.
+func (s *manyServers) reset(b *testing.B) {
+	for _, c := range s.children {
+		if _, err := io.WriteString(c.stdin, "reset\n"); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
@@ -484,4 +519,32 @@ wait:
 		b.Logf("%d ejections during the window: the figure includes reconnects; the machine is too busy for %d backends at this interval",
 			ejected, n)
 	}
+	if *probeReset {
+		benchMassReset(b, p, servers, &ejections)
+	}
+}
+
+// benchMassReset resets every held connection of p at once and reports
+// how long until every backend had a new one (reset-s), the ejections
+// from the reset until 5s after that (reset-ejections: each a backend
+// taken out of service for nothing), and how many were in service then.
+func benchMassReset(b *testing.B, p *Pool, servers *manyServers, ejections *atomic.Int64) {
+	conns := func() uint64 {
+		var sum uint64
+		for _, be := range p.backends {
+			sum += be.conns.Load()
+		}
+		return sum
+	}
+	n := uint64(len(p.backends))
+	c0, ej0, start := conns(), ejections.Load(), time.Now()
+	servers.reset(b)
+	for conns() < c0+n && time.Since(start) < 30*time.Second {
+		time.Sleep(10 * time.Millisecond) // a counter: no event to wait on
+	}
+	took := time.Since(start)
+	time.Sleep(5 * time.Second)
+	b.ReportMetric(took.Seconds(), "reset-s")
+	b.ReportMetric(float64(ejections.Load()-ej0), "reset-ejections")
+	b.ReportMetric(float64(p.InService()), "reset-in-service")
 }

@@ -43,9 +43,49 @@ type scheduler struct {
 	// any prober starts, then never changed.
 	held *heldRing
 
+	// reconnects is the bucket of beats at once on a new connection (see
+	// reconnectDelay), as of refilled: negative, a debt
+	reconnects float64
+	refilled   time.Time
+
 	// owned by the loop
 	batch    []due
 	timeouts []expire
+}
+
+// A pool connects at most one backend every connectEvery on average, past
+// a burst of connectBurst: its first beats (see firstBeat), and the beats
+// at once on a new connection (see reconnectDelay). Thousands of connects
+// at once saturated two vCPUs: beats timed out, each cost a new
+// connection, and the misses fed on themselves (at start, and after 10 000
+// connections were reset together: some 10 000 ejections).
+const (
+	connectEvery = 250 * time.Microsecond
+	connectBurst = 64
+)
+
+// reconnectDelay is how long a beat wanted at once on a new connection
+// waits, asked at now: the beat of a closed watch connection, of one that
+// died under a beat, or after a miss. At once for a backend or a few (a
+// crash or a hang is seen as fast as ever); when many ask together (a
+// middlebox or a host reset their connections, every backend restarted at
+// once) one every connectEvery, at most ten intervals later.
+func (s *scheduler) reconnectDelay(now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.refilled.IsZero():
+		s.reconnects, s.refilled = connectBurst, now
+	case now.After(s.refilled): // callers' clocks are read before the lock
+		s.reconnects = min(s.reconnects+float64(now.Sub(s.refilled))/float64(connectEvery), connectBurst)
+		s.refilled = now
+	}
+	// a debt of at most the longest delay: the rest wait that long too
+	s.reconnects = max(s.reconnects-1, -float64(10*s.p.cfg.Interval/connectEvery))
+	if s.reconnects >= 0 {
+		return 0
+	}
+	return min(time.Duration(-s.reconnects*float64(connectEvery)), 10*s.p.cfg.Interval)
 }
 
 // due is a backend's next beat; it is stale when its gen is not the
