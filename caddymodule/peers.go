@@ -269,8 +269,8 @@ func (m *member) storageOK() {
 
 // holdRolling takes (start) or renews the pool's rolling-restart lease for
 // d from now; d 0 ends it. When starting, a peer's rolling restart that
-// runs, or that started after asked (the operator's request: it is done,
-// or being done), is returned and nothing is taken. A failing storage lets
+// ran at any time since asked (the operator's request: it is done, or
+// being done; see cluster.RollingBusy) is returned and nothing is taken. A failing storage lets
 // the rolling restart run locally, with a warning.
 func (m *member) holdRolling(start bool, d time.Duration, asked time.Time) *cluster.Lease {
 	st := m.store.Load()
@@ -283,7 +283,7 @@ func (m *member) holdRolling(start bool, d time.Duration, asked time.Time) *clus
 	err := st.Update(ctx, func(rec *cluster.Record, now time.Time) bool {
 		l := rec.Rolling
 		switch {
-		case start && l != nil && l.Holder != cluster.ID && (l.Live(now) || l.Since.After(asked)):
+		case start && cluster.RollingBusy(l, cluster.ID, asked):
 			peer = l
 			return false
 		case !start && (l == nil || l.Holder != cluster.ID):

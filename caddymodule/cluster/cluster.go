@@ -186,6 +186,15 @@ type Claim struct {
 	Max int
 }
 
+// RollingBusy says whether a rolling restart that instance me was asked
+// for at asked must be refused because of the pool's rolling lease l: a
+// peer's that runs, or that ran at any time since the request (started
+// after it, or before it and ended after it). Either way the request is
+// being done or was, and a second run would take the backends down twice.
+func RollingBusy(l *Lease, me string, asked time.Time) bool {
+	return l != nil && l.Holder != me && l.Until.After(asked)
+}
+
 // Decide says what c's instance should do, given the pool's record at now.
 // A peer's live lease stops it; so does a peer's request newer than c's
 // last good answer (the fault c sees began before it: handled), unless c

@@ -104,3 +104,29 @@ func TestUpdateReplacesCorruptRecordAndPrunes(t *testing.T) {
 	require.Contains(t, rec.Restarts, "new")
 	require.NotContains(t, rec.Restarts, "old")
 }
+
+// A rolling restart asked for while a peer's ran, even one that started
+// just before the request and ended before the lock came (the case of two
+// instances asked at once, the first quick), is refused; one that ended
+// before the request, or this instance's own, is not.
+func TestRollingBusy(t *testing.T) {
+	asked := time.Now()
+	lease := func(holder string, since, until time.Duration) *Lease {
+		return &Lease{Holder: holder, Since: asked.Add(since), Until: asked.Add(until)}
+	}
+	cases := []struct {
+		name string
+		l    *Lease
+		want bool
+	}{
+		{"none", nil, false},
+		{"a peer's, running", lease("peer", -time.Second, time.Minute), true},
+		{"a peer's, started before the request, ended after it", lease("peer", -5*time.Millisecond, 100*time.Millisecond), true},
+		{"a peer's, started and ended after the request", lease("peer", time.Millisecond, 100*time.Millisecond), true},
+		{"a peer's, ended before the request", lease("peer", -time.Minute, -time.Second), false},
+		{"mine, running", lease("me", -time.Second, time.Minute), false},
+	}
+	for _, c := range cases {
+		require.Equal(t, c.want, RollingBusy(c.l, "me", asked), c.name)
+	}
+}
