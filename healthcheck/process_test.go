@@ -108,13 +108,17 @@ func TestChildBadPath(t *testing.T) {
 	assert.Contains(t, tr.Cause, "500")
 }
 
-// The crash watch: SIGKILL closes the held heartbeat connection, and the
-// ejection follows at once, not at the next beat (ten seconds away). The
-// backend is the last in service: proof of a crash ejects it all the same.
+// The crash watch: SIGKILL closes the held heartbeat connection (on the
+// ring, its receive completes with the end), and the ejection follows at
+// once, not at the next beat (ten seconds away). The backend is the last in
+// service: proof of a crash ejects it all the same.
 func TestChildKilledEjectedAtOnce(t *testing.T) {
 	c := startChild(t)
 	p, rec := startPool(t, []string{c.addr}, Config{Path: "/health", Interval: 10 * time.Second, Timeout: time.Second})
 	rec.healthy(0)
+	b := p.Backends()[0]
+	requireWatched(t, p, b)
+	beats := b.beats.Load()
 	killed := time.Now()
 	c.signal(t, syscall.SIGKILL)
 	tr := rec.ejected(0, Crash)
@@ -122,6 +126,10 @@ func TestChildKilledEjectedAtOnce(t *testing.T) {
 	t.Logf("SIGKILL to ejected(crash): %v (%s)", took, tr.Cause)
 	assert.Less(t, took, time.Second, "the crash watch, not a beat, saw it")
 	assert.Equal(t, Healthy, tr.From)
+	// the end of the held connection seen idle, then the beat it asked for
+	// refused; or, if a beat went out on it meanwhile, that beat reset
+	assert.Regexp(t, "connection refused|connection reset", tr.Cause)
+	assert.Equal(t, beats+1, b.beats.Load(), "one beat, asked for by the watch: none was due")
 	assert.Zero(t, p.InService())
 }
 
@@ -136,6 +144,8 @@ func TestChildStoppedThenContinued(t *testing.T) {
 	p, rec := startPool(t, []string{c.addr, other.Listener.Addr().String()}, cfg)
 	rec.healthy(0)
 	rec.healthy(1)
+	b := p.Backends()[0]
+	requireWatched(t, p, b)
 
 	stopped := time.Now()
 	c.signal(t, syscall.SIGSTOP)
@@ -152,7 +162,8 @@ func TestChildStoppedThenContinued(t *testing.T) {
 	c.signal(t, syscall.SIGCONT)
 	tr = rec.healthy(0)
 	assert.Equal(t, Ejected, tr.From)
-	assert.EqualValues(t, 2, p.Backends()[0].Gen())
+	assert.EqualValues(t, 2, b.Gen())
+	requireWatched(t, p, b)
 	assert.Zero(t, rec.ejections(1))
 }
 

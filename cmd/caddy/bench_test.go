@@ -72,44 +72,40 @@ func BenchmarkNoFaults(b *testing.B) {
 			newBenchSite("reverse_proxy", fmt.Sprintf("http://127.0.0.1:%d/work", ports[2])),
 		}
 	}
+	// each mode: fresh sites, warmed, then rounds of per requests a site,
+	// each round measured by round into a failover / reverse_proxy ratio
 	const rounds = 10
-	b.Run("turns", func(b *testing.B) {
-		sites := newSites()
-		warm(b, sites)
-		per := max(b.N/rounds, 1)
-		var ratios []float64
-		b.ResetTimer()
-		for r := range rounds {
-			var rate [2]float64
-			for i := range sites {
-				s := sites[(i+r)%2]
-				n, busy := len(s.lat), s.busy
-				if err := s.run(per, 8); err != nil {
+	mode := func(name string, round func(sites [2]*benchSite, r, per int) (float64, error)) {
+		b.Run(name, func(b *testing.B) {
+			sites := newSites()
+			warm(b, sites)
+			per := max(b.N/rounds, 1)
+			var ratios []float64
+			b.ResetTimer()
+			for r := range rounds {
+				ratio, err := round(sites, r, per)
+				if err != nil {
 					b.Fatal(err)
 				}
-				rate[(i+r)%2] = float64(len(s.lat)-n) / (s.busy - busy).Seconds()
+				ratios = append(ratios, ratio)
 			}
-			ratios = append(ratios, rate[0]/rate[1])
-		}
-		b.StopTimer()
-		report(b, sites, ratios)
-	})
-	b.Run("together", func(b *testing.B) {
-		sites := newSites()
-		warm(b, sites)
-		per := max(b.N/rounds, 1)
-		var ratios []float64
-		b.ResetTimer()
-		for range rounds {
-			ratio, err := together(sites, per)
-			if err != nil {
-				b.Fatal(err)
+			b.StopTimer()
+			report(b, sites, ratios)
+		})
+	}
+	mode("turns", func(sites [2]*benchSite, r, per int) (float64, error) {
+		var rate [2]float64
+		for i := range sites {
+			s := sites[(i+r)%2]
+			n, busy := len(s.lat), s.busy
+			if err := s.run(per, 8); err != nil {
+				return 0, err
 			}
-			ratios = append(ratios, ratio)
+			rate[(i+r)%2] = float64(len(s.lat)-n) / (s.busy - busy).Seconds()
 		}
-		b.StopTimer()
-		report(b, sites, ratios)
+		return rate[0] / rate[1], nil
 	})
+	mode("together", func(sites [2]*benchSite, _, per int) (float64, error) { return together(sites, per) })
 }
 
 // warm fills the sites' connection pools, theirs and Caddy's.
